@@ -1,0 +1,1 @@
+"""Attack plugins: each module registers one attack."""

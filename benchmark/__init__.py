@@ -1,0 +1,95 @@
+"""poisonbench: how poisoned training data damages medical image segmentation.
+
+The public API that plugins use. Plugins import from ``benchmark`` only.
+"""
+
+from __future__ import annotations
+
+from .cache import artifact_dir, build_artifact, cache_root, cached_sliceset
+from .catalog import (
+    ATTACKS,
+    DATASETS,
+    DEFENSES,
+    SEGMENTERS,
+    create_attack,
+    create_dataset,
+    create_defense,
+    create_segmenter,
+    list_attacks,
+    list_datasets,
+    list_defenses,
+    list_segmenters,
+    register_attack,
+    register_dataset,
+    register_defense,
+    register_segmenter,
+)
+from .errors import BenchError, ConfigError, DataError, ExitCode, PluginError
+from .identity import NoAttack, NoDefense
+from .metrics import METRICS, aggregate, case_metrics
+from .plugins import (
+    Attack,
+    CaseAttack,
+    DatasetSource,
+    Defense,
+    DefenseParams,
+    Plugin,
+    PluginParams,
+    RunContext,
+    Segmenter,
+    select_cases,
+)
+from .regions import REGIONS, region_mask, to_common_labels
+from .registry import Registry
+from .sliceset import SliceSet
+from .training import fit_binary_segmentation, predict_binary_segmentation
+
+__all__ = [
+    "ATTACKS",
+    "DATASETS",
+    "DEFENSES",
+    "SEGMENTERS",
+    "METRICS",
+    "REGIONS",
+    "Attack",
+    "BenchError",
+    "CaseAttack",
+    "ConfigError",
+    "DataError",
+    "DatasetSource",
+    "Defense",
+    "DefenseParams",
+    "ExitCode",
+    "NoAttack",
+    "NoDefense",
+    "Plugin",
+    "PluginError",
+    "PluginParams",
+    "Registry",
+    "RunContext",
+    "Segmenter",
+    "SliceSet",
+    "aggregate",
+    "artifact_dir",
+    "build_artifact",
+    "cache_root",
+    "cached_sliceset",
+    "case_metrics",
+    "create_attack",
+    "create_dataset",
+    "create_defense",
+    "create_segmenter",
+    "fit_binary_segmentation",
+    "list_attacks",
+    "list_datasets",
+    "list_defenses",
+    "list_segmenters",
+    "predict_binary_segmentation",
+    "region_mask",
+    "register_attack",
+    "register_dataset",
+    "register_defense",
+    "register_segmenter",
+    "select_cases",
+    "to_common_labels",
+]

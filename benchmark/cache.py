@@ -1,0 +1,132 @@
+"""On-disk cache of expensive artifacts (generated data sets, trained generators).
+
+Artifacts live under ``$POISONBENCH_CACHE`` (default: the per-user cache folder) in
+``<kind>/<key>/``. A folder is written under a temporary name and renamed into place
+when complete, so a crash never leaves a half-written artifact under its real name; a
+``manifest.json`` records the SHA-256 and size of every file, and an artifact whose
+files do not match is reported and rebuilt, never loaded silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import BenchError
+from .sliceset import SliceSet
+
+__all__ = ["CACHE_ENV", "cache_root", "artifact_dir", "build_artifact", "load_sliceset", "save_sliceset", "cached_sliceset", "sha256_file"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "POISONBENCH_CACHE"
+MANIFEST = "manifest.json"
+
+
+def cache_root() -> Path:
+    """``$POISONBENCH_CACHE``, else ``$XDG_CACHE_HOME/poisonbench``, else ``~/.cache/poisonbench``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "poisonbench"
+
+
+def artifact_dir(kind: str, key: str, root: Path | None = None) -> Path:
+    return (root or cache_root()) / kind / key
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(folder: Path) -> str | None:
+    """None when every file matches the manifest, otherwise what is wrong."""
+    manifest_path = folder / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{manifest_path} is missing or unreadable ({exc})"
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{path} has {path.stat().st_size} bytes; the manifest says {entry['size']}"
+        if sha256_file(path) != entry["sha256"]:
+            return f"{path} does not match its recorded SHA-256"
+    return None
+
+
+def build_artifact(folder: Path, write: Callable[[Path], dict[str, Any] | None]) -> Path:
+    """Return a verified artifact folder, building it with ``write(tmp_folder)`` if needed.
+
+    ``write`` fills the temporary folder and may return extra manifest fields. A corrupt
+    existing artifact is reported and rebuilt.
+    """
+    if folder.exists():
+        problem = _verify(folder)
+        if problem is None:
+            return folder
+        logger.warning("cached artifact is corrupt and will be rebuilt: %s", problem)
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as exc:
+        raise BenchError(f"cannot write to the cache folder {folder.parent}: {exc.strerror or exc}") from None
+    try:
+        extra = write(tmp) or {}
+        files = {
+            p.name: {"sha256": sha256_file(p), "size": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
+        }
+        (tmp / MANIFEST).write_text(json.dumps({"files": files, **extra}, indent=1, sort_keys=True))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if _verify(folder) is not None:  # another process won the race with a bad copy
+                raise
+    except OSError as exc:
+        raise BenchError(f"cannot write the cached artifact {folder}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def save_sliceset(folder: Path, data: SliceSet) -> dict[str, Any]:
+    """Write a SliceSet as ``.npy`` files (memory-mappable) plus its channels and meta."""
+    for name in ("images", "labels", "case_ids", "poisoned"):
+        np.save(folder / f"{name}.npy", np.asarray(getattr(data, name)), allow_pickle=False)
+    return {"channels": list(data.channels), "meta": data.meta}
+
+
+def load_sliceset(folder: Path, mmap: bool = True) -> SliceSet:
+    """Read a SliceSet written by `save_sliceset`; images are memory-mapped by default."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    arrays = {
+        name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap and name == "images" else None, allow_pickle=False)
+        for name in ("images", "labels", "case_ids", "poisoned")
+    }
+    meta = manifest.get("meta", {})
+    if "source_labels" in meta:
+        meta["source_labels"] = {int(k): int(v) for k, v in meta["source_labels"].items()}
+    return SliceSet(channels=tuple(manifest["channels"]), meta=meta, **arrays)
+
+
+def cached_sliceset(kind: str, key: str, build: Callable[[], SliceSet], mmap: bool = True) -> SliceSet:
+    """Load the SliceSet cached as ``kind/key``, building and caching it first if needed."""
+    folder = build_artifact(artifact_dir(kind, key), lambda tmp: save_sliceset(tmp, build()))
+    return load_sliceset(folder, mmap=mmap)

@@ -1,0 +1,160 @@
+"""The subcommands of ``bench``, each a small function with examples in its help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..catalog import REGISTRIES
+from ..config import load_config
+from ..errors import BenchError, ExitCode
+from ..report import print_summary, report_console, summary_frame
+from ..store import ResultStore
+
+__all__ = ["COMMANDS"]
+
+
+def _config_arguments(parser: argparse.ArgumentParser, default: str | None = "bench.yaml") -> None:
+    parser.add_argument("config", nargs="?" if default else None, default=default, help=f"sweep file (default: {default})")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key before validation; dotted path, list index allowed, value parsed as YAML (repeatable)",
+    )
+
+
+def _add(sub: argparse._SubParsersAction, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=f"{help}\n\nexamples:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# -- run -------------------------------------------------------------------------
+def _register_run(sub: argparse._SubParsersAction) -> None:
+    p = _add(sub, "run", "run a sweep; finished cells are skipped (resume)",
+             "  bench run\n  bench run configs/paper.yaml --out paper-results\n  bench run --set dataset.cases=12 --set segmenters.0.epochs=2")
+    _config_arguments(p)
+    p.add_argument("--out", help="output folder (overrides 'out' in the config)")
+    p.add_argument("--force", action="store_true", help="rerun cells that are already finished")
+    p.add_argument("--save-predictions", action="store_true", help="write predicted masks as NIfTI under OUT/predictions/<cell>/")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..sweep import run_sweep
+
+    config = load_config(args.config, args.overrides)
+    console = report_console(stderr=True, quiet=args.quiet)
+    result = run_sweep(config, out=args.out, force=args.force, save_predictions=args.save_predictions, quiet=args.quiet, console=console)
+    if result.exit_code != ExitCode.OK:
+        print(f"error: {len(result.failed) or 'some'} cell(s) failed; see 'bench report --out {result.out}'.", file=sys.stderr)
+    return int(result.exit_code)
+
+
+# -- validate ----------------------------------------------------------------------
+def _register_validate(sub: argparse._SubParsersAction) -> None:
+    p = _add(sub, "validate", "check a sweep file without running anything (exit 0 valid, 2 invalid)",
+             "  bench validate bench.yaml\n  bench validate configs/paper.yaml --set seeds=[0,1]")
+    _config_arguments(p)
+    p.set_defaults(handler=_validate)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ..runner import plan_sweep
+
+    config = load_config(args.config, args.overrides)
+    plan = plan_sweep(config)
+    print(f"{args.config}: valid; {len(plan.cells)} cell(s).")
+    return int(ExitCode.OK)
+
+
+# -- list ------------------------------------------------------------------------------
+def _register_list(sub: argparse._SubParsersAction) -> None:
+    p = _add(sub, "list", "list plugins with their summaries and parameters",
+             "  bench list\n  bench list attacks\n  bench list segmenters --pattern '*unet*'")
+    p.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="one kind only")
+    p.add_argument("--pattern", default="*", help="shell-style wildcard on plugin names")
+    p.set_defaults(handler=_list)
+
+
+def _list(args: argparse.Namespace) -> int:
+    console = Console()
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    for kind in kinds:
+        registry = REGISTRIES[kind]
+        table = Table(title=kind, show_lines=True, header_style="bold")
+        table.add_column("name", style="cyan", no_wrap=True)
+        table.add_column("summary")
+        table.add_column("parameters (default) — description")
+        for name in registry.names(args.pattern):
+            cls = registry.get(name)
+            params = "\n".join(
+                f"{field}: {_type_name(info.annotation)} = {info.default!r} — {info.description or ''}"
+                for field, info in cls.Params.model_fields.items()
+            )
+            table.add_row(name, cls.summary(), params or "-")
+        console.print(table)
+        for where, problem in registry.load_errors.items():
+            console.print(f"[yellow]warning:[/] {kind} plugin {where} failed to load: {problem}")
+    return int(ExitCode.OK)
+
+
+def _type_name(annotation: object) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+# -- report ---------------------------------------------------------------------------
+def _register_report(sub: argparse._SubParsersAction) -> None:
+    p = _add(sub, "report", "print the summary table of an output folder's results database",
+             "  bench report\n  bench report --out paper-results")
+    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    path = Path(args.out) / "results.sqlite"
+    if not path.is_file():
+        raise BenchError(f"{path}: no results database here; run 'bench run --out {args.out}' first.")
+    with ResultStore(path) as store:
+        summary = summary_frame(store)
+    if summary.empty:
+        print(f"{path}: no cells recorded yet.")
+        return int(ExitCode.OK)
+    print_summary(summary, report_console())
+    return int(ExitCode.CELL_FAILED if (summary["status"] != "finished").any() else ExitCode.OK)
+
+
+# -- data ----------------------------------------------------------------------------------
+def _register_data(sub: argparse._SubParsersAction) -> None:
+    p = _add(sub, "data", "inspect data sets", "  bench data summary bench.yaml --json")
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=type(p))
+    data_sub.required = True
+    s = _add(data_sub, "summary", "cases, slices, channels, shape and label / region voxel counts of a config's data set",
+             "  bench data summary\n  bench data summary bench.yaml --json")
+    _config_arguments(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(handler=_data_summary)
+
+
+def _data_summary(args: argparse.Namespace) -> int:
+    from ..datasummary import summarise
+    from ..runner import plan_sweep
+
+    config = load_config(args.config, args.overrides)
+    plan = plan_sweep(config)
+    summary = summarise(plan.source.load())
+    summary = {"dataset": config.dataset.name, **summary}
+    if args.json:
+        print(json.dumps(summary))
+        return int(ExitCode.OK)
+    table = Table(title=f"data set {config.dataset.name}", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    Console().print(table)
+    return int(ExitCode.OK)
+
+
+COMMANDS = [_register_run, _register_validate, _register_list, _register_report, _register_data]

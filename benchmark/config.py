@@ -1,0 +1,357 @@
+"""``bench.yaml``: reading, ``--set`` overrides, validation as a whole, and cell expansion.
+
+The file is validated before any work starts: the sweep's own keys against a pydantic
+schema, then every plugin's parameters against that plugin's ``Params`` model. All
+problems are reported at once, each named by its key path (``attacks[0].rates[2]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
+from .errors import ConfigError
+from .registry import Registry
+from .regions import REGIONS
+from .validation import validation_messages
+
+__all__ = [
+    "TaskConfig",
+    "SplitConfig",
+    "ExecutorConfig",
+    "PluginSpec",
+    "SweepConfig",
+    "Cell",
+    "read_config_file",
+    "apply_overrides",
+    "load_config",
+    "validate_config",
+    "expand_cells",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskConfig(_Strict):
+    """What is segmented from what."""
+
+    inputs: list[str] = Field(["t1ce"], min_length=1, description="input channel names")
+    target: Literal["ET", "TC", "WT"] = Field("ET", description="target region")
+
+
+class SplitConfig(_Strict):
+    """How cases are divided; splits are by case, never by slice."""
+
+    val_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="fraction of cases held out for validation")
+    seed: int = Field(0, description="seed of the case split")
+    trusted: float = Field(
+        0, ge=0, description="trusted real training cases given to defenses: a fraction (< 1) or a count (>= 1)"
+    )
+
+
+class ExecutorConfig(_Strict):
+    """Where cells run."""
+
+    name: Literal["local"] = Field("local", description="executor: cells one after another in this process")
+
+
+class _RawSweep(_Strict):
+    dataset: dict[str, Any]
+    task: TaskConfig = TaskConfig()
+    split: SplitConfig = SplitConfig()
+    segmenters: list[dict[str, Any]] = Field(min_length=1)
+    attacks: list[dict[str, Any]] = Field([{"name": "none"}], min_length=1)
+    defenses: list[dict[str, Any]] = Field([{"name": "none"}], min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    executor: ExecutorConfig = ExecutorConfig()
+    out: str = "results"
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct; got {seeds}")
+        return seeds
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin named in the config, with its fully resolved parameters."""
+
+    name: str
+    params: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A validated sweep; plugin parameters carry every default filled in."""
+
+    dataset: PluginSpec
+    task: TaskConfig
+    split: SplitConfig
+    segmenters: list[PluginSpec]
+    attacks: list[tuple[PluginSpec, list[float]]]
+    defenses: list[PluginSpec]
+    seeds: list[int]
+    device: str
+    executor: ExecutorConfig
+    out: str
+    source: str = "<config>"
+
+    def resolved(self) -> dict[str, Any]:
+        """The whole sweep as plain data (stored with results and exports)."""
+        return {
+            "dataset": self.dataset.as_dict(),
+            "task": self.task.model_dump(),
+            "split": self.split.model_dump(),
+            "segmenters": [s.as_dict() for s in self.segmenters],
+            "attacks": [{**a.as_dict(), "rates": rates} for a, rates in self.attacks],
+            "defenses": [d.as_dict() for d in self.defenses],
+            "seeds": list(self.seeds),
+            "device": self.device,
+            "executor": self.executor.model_dump(),
+            "out": self.out,
+        }
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One segmenter × attack × rate × defense × seed of a sweep."""
+
+    dataset: PluginSpec
+    task: TaskConfig
+    split: SplitConfig
+    segmenter: PluginSpec
+    attack: PluginSpec
+    rate: float
+    defense: PluginSpec
+    seed: int
+    key: str = field(default="", compare=False)
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines the cell's result."""
+        return {
+            "dataset": self.dataset.as_dict(),
+            "task": self.task.model_dump(),
+            "split": self.split.model_dump(),
+            "segmenter": self.segmenter.as_dict(),
+            "attack": self.attack.as_dict(),
+            "rate": self.rate,
+            "defense": self.defense.as_dict(),
+            "seed": self.seed,
+        }
+
+    @property
+    def label(self) -> str:
+        return f"{self.segmenter.name} | {self.attack.name}@{self.rate:.3g} | {self.defense.name} | seed {self.seed}"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML file into a mapping (safe loader only: no Python objects)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sweep keys (dataset, task, ...); got {type(data).__name__}.")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set KEY=VALUE`` overrides (dotted path, list indices, value parsed as YAML)."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. dataset.cases=12.")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+        parts = [p for p in key.strip().split(".")]
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key segment.")
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                    raise ConfigError(f"--set {key}: '{where}' is not an index of a list of {len(node)} items.")
+                index = int(part)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[:depth])}' is a {type(node).__name__}, not a mapping or list.")
+    return data
+
+
+def _plugin_spec(registry: Registry, raw: Any, where: str, problems: list[str], drop: tuple[str, ...] = ()) -> PluginSpec | None:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping with a 'name' key; got {type(raw).__name__}.")
+        return None
+    name = raw.get("name")
+    if not isinstance(name, str):
+        problems.append(f"{where}.name: expected the name of a registered {registry.kind}; got {name!r}.")
+        return None
+    params = {k: v for k, v in raw.items() if k != "name" and k not in drop}
+    try:
+        plugin = create_plugin(registry, name, params, where)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+    return PluginSpec(name, plugin.params.model_dump(mode="json"))
+
+
+def _rates(raw: Any, where: str, problems: list[str]) -> list[float]:
+    if raw is None:
+        return [0.0]
+    if not isinstance(raw, list) or not raw:
+        problems.append(f"{where}: expected a non-empty list of poison rates in [0, 1]; got {raw!r}.")
+        return []
+    rates = []
+    for i, rate in enumerate(raw):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            problems.append(f"{where}[{i}]: expected a number in [0, 1]; got {rate!r}.")
+        elif not 0.0 <= float(rate) <= 1.0:
+            problems.append(f"{where}[{i}]: {rate} is not in [0, 1].")
+        elif float(rate) in rates:
+            problems.append(f"{where}[{i}]: rate {rate} is listed twice.")
+        else:
+            rates.append(float(rate))
+    return rates
+
+
+def validate_config(data: dict[str, Any], source: str = "<config>") -> SweepConfig:
+    """Validate a parsed sweep; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    try:
+        raw = _RawSweep.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(validation_messages(exc, "", _RawSweep, owner="bench.yaml"))
+        raw = None
+    if raw is None:
+        # still check plugin sections that parsed, so the user sees everything at once
+        sections = {k: data.get(k) for k in ("dataset", "segmenters", "attacks", "defenses")}
+    else:
+        sections = {"dataset": raw.dataset, "segmenters": raw.segmenters, "attacks": raw.attacks, "defenses": raw.defenses}
+
+    dataset = None
+    if isinstance(sections["dataset"], (dict, str)):
+        dataset = _plugin_spec(DATASETS, sections["dataset"], "dataset", problems)
+    segmenters = [
+        _plugin_spec(SEGMENTERS, s, f"segmenters[{i}]", problems) for i, s in enumerate(_as_list(sections["segmenters"]))
+    ]
+    attacks = []
+    for i, spec in enumerate(_as_list(sections["attacks"])):
+        where = f"attacks[{i}]"
+        rates = _rates(spec.get("rates") if isinstance(spec, dict) else None, f"{where}.rates", problems)
+        attacks.append((_plugin_spec(ATTACKS, spec, where, problems, drop=("rates",)), rates))
+    defenses = [
+        _plugin_spec(DEFENSES, d, f"defenses[{i}]", problems) for i, d in enumerate(_as_list(sections["defenses"]))
+    ]
+    if raw is not None:
+        _check_unique([s for s in segmenters if s], "segmenters", problems)
+        _check_unique([a for a, _ in attacks if a], "attacks", problems)
+        _check_unique([d for d in defenses if d], "defenses", problems)
+        _check_trusted(raw.split, defenses, problems)
+    if problems or raw is None:
+        raise ConfigError(problems, source=source)
+    return SweepConfig(
+        dataset=dataset,  # type: ignore[arg-type]
+        task=raw.task,
+        split=raw.split,
+        segmenters=segmenters,  # type: ignore[arg-type]
+        attacks=attacks,  # type: ignore[arg-type]
+        defenses=defenses,  # type: ignore[arg-type]
+        seeds=raw.seeds,
+        device=raw.device,
+        executor=raw.executor,
+        out=raw.out,
+        source=source,
+    )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _check_unique(specs: list[PluginSpec], section: str, problems: list[str]) -> None:
+    seen: set[str] = set()
+    for i, spec in enumerate(specs):
+        ident = json.dumps(spec.as_dict(), sort_keys=True)
+        if ident in seen:
+            problems.append(f"{section}[{i}]: the same {spec.name} entry with the same parameters appears twice.")
+        seen.add(ident)
+
+
+def _check_trusted(split: SplitConfig, defenses: list[PluginSpec | None], problems: list[str]) -> None:
+    for i, spec in enumerate(defenses):
+        if spec is not None and DEFENSES.get(spec.name).requires_trusted and split.trusted <= 0:
+            problems.append(
+                f"defenses[{i}]: defense '{spec.name}' needs trusted real cases; set split.trusted "
+                "to a fraction (< 1) or a count (>= 1) of the training cases."
+            )
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """Read, override and validate a sweep file."""
+    data = apply_overrides(read_config_file(path), overrides or [])
+    return validate_config(data, source=str(path))
+
+
+def cell_key(cell_config: dict[str, Any], dataset_fingerprint: str, version: str) -> str:
+    """Stable key of a cell: hash of its resolved config, data fingerprint and package version."""
+    payload = json.dumps(
+        {"cell": cell_config, "dataset": dataset_fingerprint, "version": version}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
+
+
+def expand_cells(config: SweepConfig, dataset_fingerprint: str, version: str) -> list[Cell]:
+    """Every segmenter × attack × rate × defense × seed of the sweep, with its key."""
+    cells = []
+    attack_rates = [(attack, rate) for attack, rates in config.attacks for rate in rates]
+    for segmenter, (attack, rate), defense, seed in itertools.product(
+        config.segmenters, attack_rates, config.defenses, config.seeds
+    ):
+        cell = Cell(config.dataset, config.task, config.split, segmenter, attack, rate, defense, seed)
+        cells.append(_with_key(cell, dataset_fingerprint, version))
+    return cells
+
+
+def _with_key(cell: Cell, fingerprint: str, version: str) -> Cell:
+    from dataclasses import replace
+
+    return replace(cell, key=cell_key(cell.config(), fingerprint, version))

@@ -1,0 +1,1 @@
+"""Dataset sources built into the core: each module registers one."""

@@ -1,0 +1,30 @@
+"""The identity attack and defense that every sweep may use as its baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .catalog import register_attack, register_defense
+from .plugins import Attack, Defense
+from .sliceset import SliceSet
+
+__all__ = ["NoAttack", "NoDefense"]
+
+
+@register_attack("none")
+class NoAttack(Attack):
+    """Leave the training set untouched (the clean baseline)."""
+
+    def poison(self, train: SliceSet, rate: float, rng: np.random.Generator) -> SliceSet:
+        return train
+
+
+@register_defense("none")
+class NoDefense(Defense):
+    """Keep every training case."""
+
+    def score(self, train: SliceSet) -> dict[str, float]:
+        return {case: 0.0 for case in train.cases}
+
+    def decide(self, scores: dict[str, float], trusted_scores: dict[str, float] | None = None) -> list[str]:
+        return []

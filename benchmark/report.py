@@ -1,0 +1,75 @@
+"""Tables of results: ``results.csv`` and the per-cell summary printed after a sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from .metrics import METRICS, aggregate
+from .store import ResultStore
+
+__all__ = ["RESULTS_CSV_COLUMNS", "write_results_csv", "summary_frame", "print_summary", "report_console"]
+
+RESULTS_CSV_COLUMNS = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", *METRICS]
+
+
+def write_results_csv(store: ResultStore, path: Path, keys: list[str] | None = None) -> pd.DataFrame:
+    """One row per cell × validation case (written atomically)."""
+    frame = store.case_metrics(keys)[RESULTS_CSV_COLUMNS]
+    frame = frame.astype({"rate": float})
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return frame
+
+
+def summary_frame(store: ResultStore, keys: list[str] | None = None) -> pd.DataFrame:
+    """Per cell: status, case count and mean / std / 95 % CI of every metric."""
+    runs = store.runs(keys)
+    metrics = store.case_metrics(keys)
+    rows = []
+    for _, run in runs.iterrows():
+        row = {k: run[k] for k in ("cell_key", "segmenter", "attack", "rate", "defense", "seed", "status", "duration_s")}
+        cases = metrics[metrics["cell"] == run["cell_key"]]
+        row["cases"] = len(cases)
+        for metric in METRICS:
+            agg = aggregate(cases[metric].to_numpy())
+            row.update({metric: agg.mean, f"{metric}_std": agg.std, f"{metric}_ci_low": agg.ci_low, f"{metric}_ci_high": agg.ci_high})
+        error = run["error"] if isinstance(run["error"], str) else ""
+        row["error"] = error.strip().splitlines()[-1] if error.strip() else ""
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values(["segmenter", "attack", "rate", "defense", "seed"], kind="stable").reset_index(drop=True)
+    return frame
+
+
+def report_console(stderr: bool = False, quiet: bool = False) -> Console:
+    """A console that does not squeeze tables when output is piped to a file."""
+    console = Console(stderr=stderr, quiet=quiet)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, quiet=quiet, width=200)
+    return console
+
+
+def print_summary(frame: pd.DataFrame, console: Console, title: str = "poisonbench results") -> None:
+    """Render the summary as a rich table: mean [95 % CI] per metric."""
+    table = Table(title=title, header_style="bold")
+    for column in ("segmenter", "attack", "rate", "defense", "seed", "cases"):
+        table.add_column(column, justify="right" if column in ("rate", "seed", "cases") else "left")
+    for metric in METRICS:
+        table.add_column(metric, justify="right")
+    table.add_column("status")
+    for _, row in frame.iterrows():
+        cells = [str(row["segmenter"]), str(row["attack"]), f"{row['rate']:.4g}", str(row["defense"]), str(row["seed"]), str(row["cases"])]
+        if row["status"] == "finished":
+            cells += [f"{row[m]:.4f} [{row[f'{m}_ci_low']:.3f}, {row[f'{m}_ci_high']:.3f}]" for m in METRICS]
+            cells.append("[green]finished[/]")
+        else:
+            cells += ["-"] * len(METRICS)
+            cells.append(f"[red]failed[/]: {row['error'][:80]}")
+        table.add_row(*cells)
+    console.print(table)

@@ -1,0 +1,216 @@
+"""Run cells: load → split → attack(rate) → defense → fit → predict on validation → metrics → store."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .cache import cache_root
+from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
+from .config import Cell, SweepConfig, expand_cells
+from .detection import detection_stats
+from .environment import environment, package_version, resolve_device
+from .errors import ConfigError, DataError, PluginError
+from .metrics import METRICS, case_metrics
+from .plugins import Attack, DatasetSource, Defense, RunContext, Segmenter
+from .regions import region_mask
+from .sliceset import SliceSet
+from .splitting import Split, split_cases
+from .store import FAILED, FINISHED, CellRecord, ResultStore
+
+__all__ = ["CellRunner", "SweepPlan", "plan_sweep", "run_cell", "seed_everything"]
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed torch (and its CUDA generators) for one cell."""
+    import torch
+
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep bound to its data set: cells with keys, and how to load the data."""
+
+    config: SweepConfig
+    source: DatasetSource
+    fingerprint: str
+    cells: list[Cell]
+
+
+def plan_sweep(config: SweepConfig) -> SweepPlan:
+    """Create the data source and expand the cells (cheap: nothing is loaded)."""
+    source = create_plugin(DATASETS, config.dataset.name, config.dataset.params, "dataset")
+    fingerprint = source.fingerprint()
+    return SweepPlan(config, source, fingerprint, expand_cells(config, fingerprint, package_version()))
+
+
+def _check_sliceset(result: Any, plugin: str, reference: SliceSet, what: str) -> SliceSet:
+    if not isinstance(result, SliceSet):
+        raise PluginError(f"{plugin}: {what} must return a SliceSet; got {type(result).__name__}.")
+    if result.images.shape[1:] != reference.images.shape[1:] or result.channels != reference.channels:
+        raise PluginError(
+            f"{plugin}: {what} changed the slice shape or channels from {reference.images.shape[1:]} "
+            f"{list(reference.channels)} to {result.images.shape[1:]} {list(result.channels)}."
+        )
+    if not np.isfinite(np.asarray(result.images)).all():
+        raise PluginError(f"{plugin}: {what} returned images containing NaN or inf.")
+    return result
+
+
+@dataclass
+class CellRunner:
+    """Runs cells of one sweep against one loaded data set.
+
+    Args:
+        data: every case of the data set.
+        split: the sweep's case split (the same for every cell).
+        device: resolved device.
+        fingerprint: the data set fingerprint.
+        cache_dir: artifact cache.
+        quiet: suppress progress output.
+        progress: progress wrapper for epochs and other long loops.
+        predictions_dir: where to write predicted masks as NIfTI, or None.
+    """
+
+    data: SliceSet
+    split: Split
+    device: str
+    fingerprint: str
+    cache_dir: Path = field(default_factory=cache_root)
+    quiet: bool = True
+    progress: Callable[..., Iterable[Any]] | None = None
+    predictions_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.train = self.data.subset(self.split.train)
+        self.val = self.data.subset(self.split.val)
+        self.trusted = self.data.subset(self.split.trusted) if self.split.trusted else None
+        self.attackable = self.data.subset(self.split.attackable) if self.split.trusted else self.train
+        self._environment = environment(self.device)
+
+    def context(self, cell: Cell) -> RunContext:
+        return RunContext(
+            device=self.device,
+            seed=cell.seed,
+            cache_dir=self.cache_dir,
+            dataset_fingerprint=self.fingerprint,
+            inputs=tuple(cell.task.inputs),
+            target=cell.task.target,
+            quiet=self.quiet,
+            progress=self.progress,
+        )
+
+    def run(self, cell: Cell) -> CellRecord:
+        """Run one cell; a failure is captured in the record, never raised."""
+        started = time.time()
+        timings: dict[str, float] = {}
+        record = CellRecord(cell.key, cell.config(), FAILED, started, started, timings, self._environment)
+        try:
+            self._run(cell, record, timings)
+            record.status = FINISHED
+        except Exception as exc:  # a broken cell must not stop the sweep
+            record.error = "".join(traceback.format_exception(exc))
+            record.case_metrics = None
+            logger.debug("cell %s failed", cell.key, exc_info=True)
+        record.finished_at = time.time()
+        return record
+
+    def _run(self, cell: Cell, record: CellRecord, timings: dict[str, float]) -> None:
+        context = self.context(cell)
+        attack_rng, defense_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cell.seed).spawn(2))
+        seed_everything(cell.seed)
+
+        clock = time.perf_counter()
+        attack: Attack = create_plugin(ATTACKS, cell.attack.name, cell.attack.params)  # type: ignore[assignment]
+        attack.bind(context)
+        pool = self.attackable
+        attack.fit(pool, attack_rng)
+        poisoned = _check_sliceset(attack.poison(pool, cell.rate, attack_rng), f"attack '{cell.attack.name}'", pool, "poison()")
+        record.attack_report = {"poisoned_cases": len(poisoned.poisoned_cases()), **attack.report()}
+        train = SliceSet.concatenate([self.trusted, poisoned]) if self.trusted is not None else poisoned
+        timings["attack_s"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        kept, record.defense_report = self._defend(cell, context, train)
+        timings["defense_s"] = time.perf_counter() - clock
+        if len(kept) == 0:
+            raise PluginError(f"defense '{cell.defense.name}' removed every training case.")
+
+        clock = time.perf_counter()
+        seed_everything(cell.seed)
+        segmenter: Segmenter = create_plugin(SEGMENTERS, cell.segmenter.name, cell.segmenter.params)  # type: ignore[assignment]
+        segmenter.bind(context)
+        segmenter.fit(kept.select_channels(cell.task.inputs), region_mask(kept.labels, cell.task.target).astype(np.uint8))
+        timings["fit_s"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        images = self.val.select_channels(cell.task.inputs)
+        pred = np.asarray(segmenter.predict(images))
+        expected = (len(images), *images.shape[2:])
+        if pred.shape != expected:
+            raise PluginError(f"segmenter '{cell.segmenter.name}': predict() returned shape {pred.shape}; expected {expected}.")
+        truth = region_mask(self.val.labels, cell.task.target)
+        metrics = case_metrics(pred > 0, truth, self.val.case_ids)
+        if not np.isfinite(metrics[list(METRICS)].to_numpy()).all():
+            raise PluginError(f"segmenter '{cell.segmenter.name}': metrics are not finite.")
+        record.case_metrics = metrics
+        timings["predict_s"] = time.perf_counter() - clock
+        if self.predictions_dir is not None:
+            save_predictions(self.predictions_dir / cell.key, pred, self.val.case_ids)
+
+    def _defend(self, cell: Cell, context: RunContext, train: SliceSet) -> tuple[SliceSet, dict[str, Any]]:
+        if cell.defense.name == "none":
+            return train, {}
+        defense: Defense = create_plugin(DEFENSES, cell.defense.name, cell.defense.params)  # type: ignore[assignment]
+        defense.bind(context)
+        # a defense never sees the ground-truth poison flags
+        blind = train.with_arrays(poisoned=np.zeros(len(train), dtype=bool))
+        trusted = self.trusted.with_arrays(poisoned=np.zeros(len(self.trusted), dtype=bool)) if self.trusted else None
+        defense.fit(trusted)
+        scores = {str(k): float(v) for k, v in defense.score(blind).items()}
+        missing = set(train.cases) - set(scores)
+        if missing:
+            raise PluginError(f"defense '{cell.defense.name}': score() gave no score for cases {sorted(missing)[:5]}.")
+        if not all(np.isfinite(list(scores.values()))):
+            raise PluginError(f"defense '{cell.defense.name}': score() returned NaN or inf.")
+        trusted_scores = defense.score(trusted) if trusted is not None else None
+        removed = defense.decide(scores, trusted_scores)
+        stats = detection_stats(scores, removed, set(train.poisoned_cases()))
+        stats["removed_cases"] = sorted(removed)
+        kept = train.subset([c for c in train.cases if c not in set(removed)])
+        return kept, stats
+
+
+def save_predictions(folder: Path, pred: np.ndarray, case_ids: np.ndarray) -> None:
+    """Write each case's predicted mask as ``<case>.nii.gz`` (slices along the third axis)."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in pd.unique(case_ids):
+        volume = np.moveaxis(np.asarray(pred[case_ids == case], dtype=np.uint8), 0, -1)
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / f"{_safe_name(str(case))}.nii.gz")
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).lstrip(".") or "case"
+
+
+def run_cell(cell: Cell, data: SliceSet, device: str = "cpu", fingerprint: str = "", **kwargs: Any) -> CellRecord:
+    """Run one cell outside a sweep (tests, benchmarks)."""
+    split = split_cases(data, cell.split.val_fraction, cell.split.seed, cell.split.trusted)
+    return CellRunner(data, split, device, fingerprint, **kwargs).run(cell)

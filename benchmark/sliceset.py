@@ -1,0 +1,132 @@
+"""The data contract every plugin speaks: a stack of 2-D slices with case identities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = ["SliceSet"]
+
+
+@dataclass(frozen=True, eq=False)
+class SliceSet:
+    """Axial slices of several cases, their labels and ground-truth poison flags.
+
+    Attributes:
+        images: float32 ``[N, C, H, W]``, channels named by ``channels``.
+        labels: uint8 ``[N, H, W]`` in the common convention (see `benchmark.regions`).
+        case_ids: str ``[N]``, the case each slice belongs to. Splits are by case.
+        poisoned: bool ``[N]``, ground truth for the harness only; a defense never reads it.
+        channels: names of the ``C`` channels (``t1``, ``t1ce``, ``t2``, ``flair``, ``ct``...).
+        meta: free-form facts about the source (e.g. ``source_labels``: common value ->
+            source value, used to report counts in the source's own values).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    case_ids: np.ndarray
+    poisoned: np.ndarray
+    channels: tuple[str, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim != 4:
+            raise DataError(f"SliceSet images must be [N, C, H, W]; got shape {self.images.shape}.")
+        if self.labels.shape != (n, *self.images.shape[2:]):
+            raise DataError(
+                f"SliceSet labels must be [N, H, W] = {(n, *self.images.shape[2:])}; got {self.labels.shape}."
+            )
+        if len(self.case_ids) != n or len(self.poisoned) != n:
+            raise DataError(f"SliceSet case_ids and poisoned must have {n} entries.")
+        if len(self.channels) != self.images.shape[1]:
+            raise DataError(
+                f"SliceSet has {self.images.shape[1]} image channels but names {list(self.channels)}."
+            )
+
+    @classmethod
+    def create(
+        cls,
+        images: np.ndarray,
+        labels: np.ndarray,
+        case_ids: Sequence[str] | np.ndarray,
+        channels: Sequence[str],
+        poisoned: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> SliceSet:
+        case_ids = np.asarray(case_ids, dtype=str)
+        if poisoned is None:
+            poisoned = np.zeros(len(case_ids), dtype=bool)
+        return cls(
+            images=np.asarray(images, dtype=np.float32) if not isinstance(images, np.memmap) else images,
+            labels=np.asarray(labels, dtype=np.uint8),
+            case_ids=case_ids,
+            poisoned=np.asarray(poisoned, dtype=bool),
+            channels=tuple(channels),
+            meta=dict(meta or {}),
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def cases(self) -> list[str]:
+        """Case ids in order of first appearance."""
+        _, first = np.unique(self.case_ids, return_index=True)
+        return [str(self.case_ids[i]) for i in sorted(first)]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def channel_index(self, name: str) -> int:
+        try:
+            return self.channels.index(name)
+        except ValueError:
+            raise DataError(f"Channel '{name}' is not in this data set; it has {list(self.channels)}.") from None
+
+    def case_mask(self, case_id: str) -> np.ndarray:
+        return self.case_ids == case_id
+
+    def subset(self, cases: Sequence[str]) -> SliceSet:
+        """The slices of ``cases``, keeping the original slice order."""
+        keep = np.isin(self.case_ids, np.asarray(list(cases), dtype=str))
+        index = np.flatnonzero(keep)
+        return replace(
+            self,
+            images=np.ascontiguousarray(self.images[index]),
+            labels=self.labels[index],
+            case_ids=self.case_ids[index],
+            poisoned=self.poisoned[index],
+        )
+
+    def select_channels(self, names: Sequence[str]) -> np.ndarray:
+        """Images of the named channels, float32 ``[N, len(names), H, W]``."""
+        index = [self.channel_index(n) for n in names]
+        return np.ascontiguousarray(self.images[:, index], dtype=np.float32)
+
+    def poisoned_cases(self) -> list[str]:
+        return sorted({str(c) for c in self.case_ids[self.poisoned]})
+
+    def with_arrays(self, **changes: Any) -> SliceSet:
+        """A copy with some arrays replaced (validated again)."""
+        return replace(self, **changes)
+
+    @staticmethod
+    def concatenate(parts: Sequence[SliceSet]) -> SliceSet:
+        first = parts[0]
+        for part in parts[1:]:
+            if part.channels != first.channels:
+                raise DataError(f"Cannot join slice sets with channels {first.channels} and {part.channels}.")
+        return SliceSet(
+            images=np.concatenate([p.images for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            case_ids=np.concatenate([p.case_ids for p in parts]),
+            poisoned=np.concatenate([p.poisoned for p in parts]),
+            channels=first.channels,
+            meta=dict(first.meta),
+        )

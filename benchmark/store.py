@@ -1,0 +1,194 @@
+"""The results database: ``OUT/results.sqlite`` (SQLite, WAL, one transaction per cell).
+
+Tables:
+    runs: one row per cell key — its resolved config, status (``finished`` or
+        ``failed``), timings, environment, error traceback, and the attack's and
+        defense's reports (JSON).
+    case_metrics: one row per cell × validation case — Dice, Jaccard, accuracy,
+        sensitivity, specificity and the TP/FP/TN/FN they come from.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from .errors import BenchError
+from .metrics import METRICS
+
+__all__ = ["ResultStore", "CellRecord", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+FINISHED, FAILED = "finished", "failed"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    cell_key TEXT PRIMARY KEY,
+    segmenter TEXT NOT NULL,
+    attack TEXT NOT NULL,
+    rate REAL NOT NULL,
+    defense TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('finished', 'failed')),
+    config_json TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    duration_s REAL NOT NULL,
+    timings_json TEXT NOT NULL,
+    environment_json TEXT NOT NULL,
+    attack_report_json TEXT NOT NULL DEFAULT '{}',
+    defense_report_json TEXT NOT NULL DEFAULT '{}',
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS case_metrics (
+    cell_key TEXT NOT NULL REFERENCES runs(cell_key) ON DELETE CASCADE,
+    case_id TEXT NOT NULL,
+    dice REAL NOT NULL, jaccard REAL NOT NULL, accuracy REAL NOT NULL,
+    sensitivity REAL NOT NULL, specificity REAL NOT NULL,
+    tp INTEGER NOT NULL, fp INTEGER NOT NULL, tn INTEGER NOT NULL, fn INTEGER NOT NULL,
+    PRIMARY KEY (cell_key, case_id)
+);
+"""
+
+
+@dataclass
+class CellRecord:
+    """What one cell produced, written in one transaction."""
+
+    key: str
+    config: dict[str, Any]
+    status: str
+    started_at: float
+    finished_at: float
+    timings: dict[str, float] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    case_metrics: pd.DataFrame | None = None
+    attack_report: dict[str, Any] = field(default_factory=dict)
+    defense_report: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class ResultStore:
+    """Reads and writes ``results.sqlite`` in an output folder.
+
+    Args:
+        path: the database file; its folder is created if needed.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise BenchError(f"{self.path}: results database schema {version} is not supported (expected {SCHEMA_VERSION}).")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise BenchError(f"{self.path}: cannot open the results database: {exc}") from None
+        except OSError as exc:
+            raise BenchError(f"{self.path}: cannot create the output folder: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def finished_keys(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT cell_key FROM runs WHERE status = ?", (FINISHED,))}
+
+    def write(self, record: CellRecord) -> None:
+        """Store one cell atomically, replacing an earlier row of the same key."""
+        cfg = record.config
+        rows = []
+        if record.case_metrics is not None:
+            frame = record.case_metrics
+            for case, row in frame.iterrows():
+                rows.append(
+                    (record.key, str(case), *(float(row[m]) for m in METRICS), *(int(row[c]) for c in ("tp", "fp", "tn", "fn")))
+                )
+        with self._transaction() as db:
+            db.execute("DELETE FROM case_metrics WHERE cell_key = ?", (record.key,))
+            db.execute(
+                "INSERT OR REPLACE INTO runs (cell_key, segmenter, attack, rate, defense, seed, status, config_json,"
+                " started_at, finished_at, duration_s, timings_json, environment_json, attack_report_json,"
+                " defense_report_json, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.key,
+                    cfg["segmenter"]["name"],
+                    cfg["attack"]["name"],
+                    float(cfg["rate"]),
+                    cfg["defense"]["name"],
+                    int(cfg["seed"]),
+                    record.status,
+                    _dumps(cfg),
+                    record.started_at,
+                    record.finished_at,
+                    record.finished_at - record.started_at,
+                    _dumps(record.timings),
+                    _dumps(record.environment),
+                    _dumps(record.attack_report),
+                    _dumps(record.defense_report),
+                    record.error,
+                ),
+            )
+            db.executemany("INSERT INTO case_metrics VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def runs(self, keys: list[str] | None = None) -> pd.DataFrame:
+        """The runs table (JSON columns parsed), optionally limited to some cell keys."""
+        frame = pd.read_sql_query("SELECT * FROM runs ORDER BY started_at, cell_key", self._db)
+        if keys is not None:
+            frame = frame[frame["cell_key"].isin(keys)]
+        for column in ("config_json", "timings_json", "environment_json", "attack_report_json", "defense_report_json"):
+            frame[column.removesuffix("_json")] = frame.pop(column).map(json.loads)
+        return frame.reset_index(drop=True)
+
+    def case_metrics(self, keys: list[str] | None = None) -> pd.DataFrame:
+        """Per-case metrics joined with each cell's segmenter, attack, rate, defense and seed."""
+        frame = pd.read_sql_query(
+            "SELECT r.cell_key AS cell, r.segmenter, r.attack, r.rate, r.defense, r.seed, m.case_id AS 'case',"
+            " m.dice, m.jaccard, m.accuracy, m.sensitivity, m.specificity, m.tp, m.fp, m.tn, m.fn"
+            " FROM case_metrics m JOIN runs r ON r.cell_key = m.cell_key WHERE r.status = 'finished'"
+            " ORDER BY r.started_at, r.cell_key, m.rowid",
+            self._db,
+        )
+        if keys is not None:
+            frame = frame[frame["cell"].isin(keys)].reset_index(drop=True)
+        return frame
+
+    def integrity_ok(self) -> bool:
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,135 @@
+"""A whole sweep: plan cells, skip finished ones, run the rest, store, report."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .cache import cache_root
+from .config import SweepConfig
+from .environment import resolve_device
+from .errors import ConfigError, ExitCode
+from .report import print_summary, summary_frame, write_results_csv
+from .plugins import RunContext
+from .runner import CellRunner, plan_sweep
+from .splitting import split_cases
+from .store import FINISHED, ResultStore
+
+__all__ = ["SweepResult", "run_sweep", "check_task_channels"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    """Outcome of `run_sweep`."""
+
+    exit_code: ExitCode
+    ran: list[str]
+    skipped: list[str]
+    failed: list[str]
+    summary: pd.DataFrame
+    out: Path
+
+
+def check_task_channels(config: SweepConfig, channels: tuple[str, ...]) -> None:
+    missing = [(i, c) for i, c in enumerate(config.task.inputs) if c not in channels]
+    if missing:
+        raise ConfigError(
+            [f"task.inputs[{i}]: channel '{c}' is not in data set '{config.dataset.name}', which has {list(channels)}." for i, c in missing],
+            source=config.source,
+        )
+
+
+def _progress(console: Console, quiet: bool) -> Progress | None:
+    if quiet:
+        return None
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _tracker(progress: Progress | None):
+    def track(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
+        if progress is None:
+            yield from iterable
+            return
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        task = progress.add_task(description, total=total)
+        try:
+            for item in iterable:
+                yield item
+                progress.advance(task)
+        finally:
+            progress.remove_task(task)
+
+    return track
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: str | Path | None = None,
+    force: bool = False,
+    save_predictions: bool = False,
+    quiet: bool = False,
+    console: Console | None = None,
+) -> SweepResult:
+    """Run every cell of ``config`` that is not finished yet (all of them with ``force``).
+
+    Results are written to ``OUT/results.sqlite`` one transaction per cell, then
+    ``OUT/results.csv`` and a summary table.
+    """
+    console = console or Console(stderr=True)
+    out_dir = Path(out if out is not None else config.out)
+    plan = plan_sweep(config)
+    keys = [cell.key for cell in plan.cells]
+    with ResultStore(out_dir / "results.sqlite") as store:
+        finished = store.finished_keys()
+        todo = [cell for cell in plan.cells if force or cell.key not in finished]
+        skipped = [cell.key for cell in plan.cells if cell not in todo]
+        ran: list[str] = []
+        failed: list[str] = []
+        if todo:
+            device = resolve_device(config.device)
+            progress = _progress(console, quiet)
+            track = _tracker(progress)
+            with progress if progress is not None else nullcontext():
+                plan.source.bind(RunContext(quiet=quiet, progress=track))
+                data = plan.source.load()
+                check_task_channels(config, data.channels)
+                split = split_cases(data, config.split.val_fraction, config.split.seed, config.split.trusted)
+                runner = CellRunner(
+                    data, split, device, plan.fingerprint, cache_root(), quiet, track,
+                    out_dir / "predictions" if save_predictions else None,
+                )
+                for cell in track(todo, "cells", total=len(todo)):
+                    if not quiet:
+                        console.log(f"cell {cell.key[:10]}: {cell.label}")
+                    record = runner.run(cell)
+                    store.write(record)
+                    ran.append(cell.key)
+                    if record.status != FINISHED:
+                        failed.append(cell.key)
+                        console.print(f"[red]cell {cell.key[:10]} ({cell.label}) failed:[/] {record.error.strip().splitlines()[-1]}")
+        elif not quiet:
+            console.print(f"all {len(plan.cells)} cells already finished in {out_dir}; nothing to run (use --force to rerun).")
+        write_results_csv(store, out_dir / "results.csv", keys)
+        summary = summary_frame(store, keys)
+    if not quiet:
+        print_summary(summary, console)
+    exit_code = ExitCode.CELL_FAILED if (summary["status"] != FINISHED).any() else ExitCode.OK
+    return SweepResult(exit_code, ran, skipped, failed, summary, out_dir)

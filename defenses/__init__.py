@@ -1,0 +1,1 @@
+"""Quality-control defense plugins: each module registers one defense."""

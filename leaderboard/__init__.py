@@ -1,0 +1,1 @@
+"""Export, validation and publication of results."""
