@@ -6,6 +6,7 @@ The public API that plugins use. Plugins import from ``benchmark`` only.
 from __future__ import annotations
 
 from .cache import artifact_dir, build_artifact, cache_root, cached_sliceset
+from .config import Cell, PluginSpec, SweepConfig, load_config, validate_config
 from .catalog import (
     ATTACKS,
     DATASETS,
@@ -26,7 +27,10 @@ from .catalog import (
 )
 from .errors import BenchError, ConfigError, DataError, ExitCode, PluginError
 from .identity import NoAttack, NoDefense
-from .metrics import METRICS, aggregate, case_metrics
+from .metrics import METRICS, Aggregate, aggregate, case_metrics
+from .report import RESULTS_CSV_COLUMNS, summary_frame
+from .store import ResultStore
+from .sweep import SweepResult, run_sweep
 from .plugins import (
     Attack,
     CaseAttack,
@@ -43,8 +47,23 @@ from .regions import REGIONS, region_mask, to_common_labels
 from .registry import Registry
 from .sliceset import SliceSet
 from .training import fit_binary_segmentation, predict_binary_segmentation
+from .environment import environment, git_commit, package_version
 
 __all__ = [
+    "Aggregate",
+    "Cell",
+    "PluginSpec",
+    "RESULTS_CSV_COLUMNS",
+    "ResultStore",
+    "SweepConfig",
+    "environment",
+    "git_commit",
+    "load_config",
+    "package_version",
+    "summary_frame",
+    "run_sweep",
+    "SweepResult",
+    "validate_config",
     "ATTACKS",
     "DATASETS",
     "DEFENSES",

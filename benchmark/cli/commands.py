@@ -16,10 +16,10 @@ from ..errors import BenchError, ExitCode
 from ..report import print_summary, report_console, summary_frame
 from ..store import ResultStore
 
-__all__ = ["COMMANDS"]
+__all__ = ["COMMANDS", "add_command", "config_arguments"]
 
 
-def _config_arguments(parser: argparse.ArgumentParser, default: str | None = "bench.yaml") -> None:
+def config_arguments(parser: argparse.ArgumentParser, default: str | None = "bench.yaml") -> None:
     parser.add_argument("config", nargs="?" if default else None, default=default, help=f"sweep file (default: {default})")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -27,15 +27,15 @@ def _config_arguments(parser: argparse.ArgumentParser, default: str | None = "be
     )
 
 
-def _add(sub: argparse._SubParsersAction, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+def add_command(sub: argparse._SubParsersAction, name: str, help: str, examples: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=f"{help}\n\nexamples:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 # -- run -------------------------------------------------------------------------
 def _register_run(sub: argparse._SubParsersAction) -> None:
-    p = _add(sub, "run", "run a sweep; finished cells are skipped (resume)",
+    p = add_command(sub, "run", "run a sweep; finished cells are skipped (resume)",
              "  bench run\n  bench run configs/paper.yaml --out paper-results\n  bench run --set dataset.cases=12 --set segmenters.0.epochs=2")
-    _config_arguments(p)
+    config_arguments(p)
     p.add_argument("--out", help="output folder (overrides 'out' in the config)")
     p.add_argument("--force", action="store_true", help="rerun cells that are already finished")
     p.add_argument("--save-predictions", action="store_true", help="write predicted masks as NIfTI under OUT/predictions/<cell>/")
@@ -56,9 +56,9 @@ def _run(args: argparse.Namespace) -> int:
 
 # -- validate ----------------------------------------------------------------------
 def _register_validate(sub: argparse._SubParsersAction) -> None:
-    p = _add(sub, "validate", "check a sweep file without running anything (exit 0 valid, 2 invalid)",
+    p = add_command(sub, "validate", "check a sweep file without running anything (exit 0 valid, 2 invalid)",
              "  bench validate bench.yaml\n  bench validate configs/paper.yaml --set seeds=[0,1]")
-    _config_arguments(p)
+    config_arguments(p)
     p.set_defaults(handler=_validate)
 
 
@@ -73,7 +73,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 # -- list ------------------------------------------------------------------------------
 def _register_list(sub: argparse._SubParsersAction) -> None:
-    p = _add(sub, "list", "list plugins with their summaries and parameters",
+    p = add_command(sub, "list", "list plugins with their summaries and parameters",
              "  bench list\n  bench list attacks\n  bench list segmenters --pattern '*unet*'")
     p.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="one kind only")
     p.add_argument("--pattern", default="*", help="shell-style wildcard on plugin names")
@@ -108,7 +108,7 @@ def _type_name(annotation: object) -> str:
 
 # -- report ---------------------------------------------------------------------------
 def _register_report(sub: argparse._SubParsersAction) -> None:
-    p = _add(sub, "report", "print the summary table of an output folder's results database",
+    p = add_command(sub, "report", "print the summary table of an output folder's results database",
              "  bench report\n  bench report --out paper-results")
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.set_defaults(handler=_report)
@@ -127,34 +127,4 @@ def _report(args: argparse.Namespace) -> int:
     return int(ExitCode.CELL_FAILED if (summary["status"] != "finished").any() else ExitCode.OK)
 
 
-# -- data ----------------------------------------------------------------------------------
-def _register_data(sub: argparse._SubParsersAction) -> None:
-    p = _add(sub, "data", "inspect data sets", "  bench data summary bench.yaml --json")
-    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=type(p))
-    data_sub.required = True
-    s = _add(data_sub, "summary", "cases, slices, channels, shape and label / region voxel counts of a config's data set",
-             "  bench data summary\n  bench data summary bench.yaml --json")
-    _config_arguments(s)
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(handler=_data_summary)
-
-
-def _data_summary(args: argparse.Namespace) -> int:
-    from ..datasummary import summarise
-    from ..runner import plan_sweep
-
-    config = load_config(args.config, args.overrides)
-    plan = plan_sweep(config)
-    summary = summarise(plan.source.load())
-    summary = {"dataset": config.dataset.name, **summary}
-    if args.json:
-        print(json.dumps(summary))
-        return int(ExitCode.OK)
-    table = Table(title=f"data set {config.dataset.name}", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-    Console().print(table)
-    return int(ExitCode.OK)
-
-
-COMMANDS = [_register_run, _register_validate, _register_list, _register_report, _register_data]
+COMMANDS = [_register_run, _register_validate, _register_list, _register_report]

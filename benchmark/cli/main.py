@@ -13,9 +13,11 @@ from typing import Sequence
 from rich.console import Console
 
 from ..errors import BenchError, ExitCode
-from . import commands
+from . import commands, data_commands
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMAND_GROUP"]
+
+COMMAND_GROUP = "poisonbench.commands"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,9 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for register in commands.COMMANDS:
+    for register in [*commands.COMMANDS, data_commands.register, *_plugin_commands()]:
         register(sub)
     return parser
+
+
+def _plugin_commands() -> list:
+    """Subcommands contributed by other packages (``leaderboard``...) via ``poisonbench.commands``."""
+    from importlib import metadata
+
+    registers = []
+    for entry_point in sorted(metadata.entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
+        try:
+            registers.append(entry_point.load())
+        except Exception as exc:  # a broken add-on must not break the core commands
+            logging.getLogger(__name__).warning("could not load bench command '%s': %s", entry_point.name, exc)
+    return registers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
