@@ -28,7 +28,8 @@ from .catalog import (
 from .errors import BenchError, ConfigError, DataError, ExitCode, PluginError
 from .identity import NoAttack, NoDefense
 from .metrics import METRICS, Aggregate, aggregate, case_metrics
-from .report import RESULTS_CSV_COLUMNS, summary_frame
+from .outputs import RESULTS_CSV_COLUMNS
+from .report import summary_frame
 from .store import ResultStore
 from .sweep import SweepResult, run_sweep
 from .plugins import (

@@ -1,8 +1,6 @@
-"""Tables of results: ``results.csv`` and the per-cell summary printed after a sweep."""
+"""The per-cell summary of a sweep: aggregates per metric, printed as a rich table."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
@@ -11,19 +9,7 @@ from rich.table import Table
 from .metrics import METRICS, aggregate
 from .store import ResultStore
 
-__all__ = ["RESULTS_CSV_COLUMNS", "write_results_csv", "summary_frame", "print_summary", "report_console"]
-
-RESULTS_CSV_COLUMNS = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", *METRICS]
-
-
-def write_results_csv(store: ResultStore, path: Path, keys: list[str] | None = None) -> pd.DataFrame:
-    """One row per cell × validation case (written atomically)."""
-    frame = store.case_metrics(keys)[RESULTS_CSV_COLUMNS]
-    frame = frame.astype({"rate": float})
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return frame
+__all__ = ["summary_frame", "print_summary", "report_console"]
 
 
 def summary_frame(store: ResultStore, keys: list[str] | None = None) -> pd.DataFrame:

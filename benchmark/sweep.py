@@ -16,7 +16,8 @@ from .cache import cache_root
 from .config import SweepConfig
 from .environment import resolve_device
 from .errors import ConfigError, ExitCode
-from .report import print_summary, summary_frame, write_results_csv
+from .outputs import write_sweep_tables
+from .report import print_summary, summary_frame
 from .plugins import RunContext
 from .runner import CellRunner, plan_sweep
 from .splitting import split_cases
@@ -127,7 +128,7 @@ def run_sweep(
                         console.print(f"[red]cell {cell.key[:10]} ({cell.label}) failed:[/] {record.error.strip().splitlines()[-1]}")
         elif not quiet:
             console.print(f"all {len(plan.cells)} cells already finished in {out_dir}; nothing to run (use --force to rerun).")
-        write_results_csv(store, out_dir / "results.csv", keys)
+        write_sweep_tables(store, out_dir, keys)
         summary = summary_frame(store, keys)
     if not quiet:
         print_summary(summary, console)

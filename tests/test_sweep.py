@@ -11,7 +11,7 @@ import pytest
 
 from benchmark import Segmenter, register_segmenter
 from benchmark.cli import main
-from benchmark.report import RESULTS_CSV_COLUMNS
+from benchmark.outputs import RESULTS_CSV_COLUMNS
 
 
 def _db_rows(path):

@@ -1,0 +1,54 @@
+"""The CSV files a sweep leaves in its output folder, all rebuilt from the results database.
+
+- ``results.csv``: one row per cell × validation case.
+- ``attacks.csv``: one row per cell: the attack's quality figures (MAE, PSNR, SSIM of
+  synthetic vs real target where the attack has them) and the count of poisoned cases.
+- ``detection.csv``: one row per cell with a defense: AUROC and AP of its scores,
+  precision / recall / F1 of its decision, fraction of training cases removed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .metrics import METRICS
+from .store import FINISHED, ResultStore
+
+__all__ = ["RESULTS_CSV_COLUMNS", "ATTACKS_CSV_COLUMNS", "DETECTION_CSV_COLUMNS", "write_sweep_tables"]
+
+RESULTS_CSV_COLUMNS = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", *METRICS]
+ATTACKS_CSV_COLUMNS = ["cell", "attack", "rate", "seed", "mae", "psnr", "ssim", "poisoned_cases"]
+DETECTION_CSV_COLUMNS = ["cell", "attack", "rate", "defense", "seed", "auroc", "ap", "precision", "recall", "f1", "removed_fraction"]
+
+
+def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.DataFrame:
+    rows = []
+    for _, run in runs.iterrows():
+        values = run[report] or {}
+        if report == "defense_report" and run["defense"] == "none":
+            continue
+        row = {"cell": run["cell_key"], "attack": run["attack"], "rate": float(run["rate"]), "defense": run["defense"], "seed": run["seed"]}
+        row.update({c: values.get(c) for c in columns if c not in row})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_sweep_tables(store: ResultStore, out_dir: Path, keys: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Write ``results.csv``, ``attacks.csv`` and ``detection.csv`` for the given cells."""
+    results = store.case_metrics(keys)[RESULTS_CSV_COLUMNS].astype({"rate": float})
+    runs = store.runs(keys)
+    runs = runs[runs["status"] == FINISHED]
+    attacks = _report_table(runs, "attack_report", ATTACKS_CSV_COLUMNS)
+    detection = _report_table(runs, "defense_report", DETECTION_CSV_COLUMNS)
+    _write_atomic(results, out_dir / "results.csv")
+    _write_atomic(attacks, out_dir / "attacks.csv")
+    _write_atomic(detection, out_dir / "detection.csv")
+    return {"results": results, "attacks": attacks, "detection": detection}
