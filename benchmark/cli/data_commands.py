@@ -1,4 +1,4 @@
-"""``bench data``: inspect data sets."""
+"""``bench data``: inspect data sets and export poisoned copies of them."""
 
 from __future__ import annotations
 
@@ -24,6 +24,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_arguments(s)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(handler=_data_summary)
+    e = add_command(
+        data_sub, "export",
+        "write the poisoned training split and the real validation split as NIfTI (nnU-Net raw or BraTS-2021 folders)",
+        "  bench data export bench.yaml --attack noise --rate 0.5 --seed 0 --format nnunet --out export/Dataset501_Poisoned\n"
+        "  bench data export --attack none --rate 0 --format folder --out export/clean",
+    )
+    config_arguments(e)
+    e.add_argument("--attack", required=True, help="registered attack; its parameters come from the config's entry of that name")
+    e.add_argument("--rate", type=float, required=True, help="poison rate in [0, 1]")
+    e.add_argument("--seed", type=int, default=0, help="cell seed (default: 0)")
+    e.add_argument("--format", dest="fmt", choices=["nnunet", "folder"], default="nnunet", help="output layout (default: nnunet)")
+    e.add_argument("--out", required=True, help="output folder (must be empty or absent)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.set_defaults(handler=_data_export)
+
+
+def _progress_context(quiet: bool):
+    """A rich progress display on stderr (or None when quiet) and a track function using it."""
+    from contextlib import nullcontext
+
+    from ..plugins import RunContext
+
+    if quiet:
+        return nullcontext(), RunContext(quiet=True)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=True)
+
+    def track(iterable, description, total=None):
+        task = progress.add_task(description, total=total)
+        try:
+            for item in iterable:
+                yield item
+                progress.advance(task)
+        finally:
+            progress.remove_task(task)
+
+    return progress, RunContext(quiet=False, progress=track)
 
 
 def _data_summary(args: argparse.Namespace) -> int:
@@ -32,7 +71,10 @@ def _data_summary(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     plan = plan_sweep(config)
-    summary = summarise(plan.source.load())
+    display, context = _progress_context(quiet=False)
+    with display:
+        plan.source.bind(context)
+        summary = summarise(plan.source.load())
     summary = {"dataset": config.dataset.name, **summary}
     if args.json:
         print(json.dumps(summary))
@@ -44,3 +86,19 @@ def _data_summary(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
+def _data_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..datasets.export import export_poisoned
+
+    config = load_config(args.config, args.overrides)
+    display, context = _progress_context(quiet=args.quiet)
+    with display:
+        manifest = export_poisoned(
+            config, args.attack, args.rate, args.seed, args.fmt, Path(args.out), quiet=args.quiet, progress=context.progress
+        )
+    print(
+        f"{args.out}: {len(manifest['train_cases'])} training case(s), {len(manifest['poisoned_cases'])} poisoned by "
+        f"'{args.attack}' at rate {args.rate:g}; {len(manifest['val_cases'])} real validation case(s); format {args.fmt}."
+    )
+    return int(ExitCode.OK)

@@ -1,0 +1,472 @@
+"""Shared machinery of the NIfTI dataset readers (``brats``, ``decathlon``, ``nnunet``).
+
+A reader lists its cases as `CaseFiles` (which file holds which channel and the
+segmentation); everything after that is common: reading and checking each NIfTI file,
+per-case z-score over non-zero voxels, slice selection, centre crop/pad, and a cache
+builder that streams case after case into ``.npy`` files on disk, so a data set larger
+than RAM is never held whole. The cached images (and labels) are memory-mapped on load.
+
+Volumes are taken as stored (no reorientation): the third voxel axis is the slice axis,
+as in BraTS, MSD and nnU-Net conversions of them; slice ``k`` is ``volume[:, :, k]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from ..cache import MANIFEST, artifact_dir, build_artifact
+from ..errors import DataError
+from ..plugins import DatasetSource, PluginParams
+from ..regions import to_common_labels
+from ..sliceset import SliceSet
+
+__all__ = [
+    "READER_VERSION",
+    "NIFTI_ENDINGS",
+    "VolumeParams",
+    "CaseFiles",
+    "VolumeSource",
+    "normalise_channel",
+    "read_nifti",
+    "zscore",
+    "select_slices",
+    "crop_or_pad",
+    "folder_fingerprint",
+    "StreamingArray",
+    "load_mapped_sliceset",
+]
+
+logger = logging.getLogger(__name__)
+
+READER_VERSION = "1"
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+_CHANNEL_ALIASES = {
+    "t1": "t1", "t1w": "t1", "t1n": "t1", "native": "t1", "t1native": "t1",
+    "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "t1cegd": "t1ce", "t1contrast": "t1ce", "t1post": "t1ce",
+    "t2": "t2", "t2w": "t2",
+    "flair": "flair", "t2f": "flair", "t2flair": "flair",
+    "ct": "ct",
+}
+
+
+def normalise_channel(name: str) -> str:
+    """Common channel name of a source's modality name (``T1Gd`` -> ``t1ce``, ``t2f`` -> ``flair``)."""
+    key = "".join(ch for ch in str(name).lower() if ch.isalnum())
+    return _CHANNEL_ALIASES.get(key, key or str(name))
+
+
+class VolumeParams(PluginParams):
+    """Parameters every NIfTI folder reader shares (names fixed by the harness)."""
+
+    root: str = Field(..., min_length=1, description="the data set's folder (read only; nothing is written there)")
+    modalities: list[str] | None = Field(
+        None, min_length=1, description="channels to load (t1, t1ce, t2, flair, ...); null loads all"
+    )
+    max_cases: int | None = Field(None, ge=1, description="load only the first N cases (sorted by id); null loads all")
+    slices: Literal["all", "tumour"] = Field(
+        "all", description="'all' axial slices containing brain, or 'tumour' slices plus other_fraction of the rest"
+    )
+    other_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="with slices: tumour, the share of the other brain slices also kept (evenly spaced)"
+    )
+    size: int | None = Field(None, ge=8, le=1024, description="in-plane output size by centre crop/pad; null keeps the native size")
+    normalize: bool = Field(
+        True, description="z-score each channel per case over its non-zero voxels; false for data already normalised (an export)"
+    )
+    missing_segmentation: Literal["skip", "error"] = Field(
+        "skip", description="a case without segmentation is skipped with a warning, or is an error"
+    )
+    affine_tolerance: float = Field(
+        1e-3, ge=0.0, description="largest allowed difference between the affines of a case's files (mm)"
+    )
+
+    @field_validator("modalities")
+    @classmethod
+    def _normalise_modalities(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        names = [normalise_channel(v) for v in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modalities must be distinct; got {value}")
+        return names
+
+
+@dataclass
+class CaseFiles:
+    """Where one case's data lives.
+
+    Attributes:
+        case_id: the case's identity (folder or file stem).
+        channels: channel name -> (file, index of the volume in a 4-D file or None).
+        label: the segmentation file, None when the case has none.
+    """
+
+    case_id: str
+    channels: dict[str, tuple[Path, int | None]]
+    label: Path | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_nifti(path: Path, what: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file completely.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        what: what the file should hold, for error messages.
+
+    Returns:
+        (data in the file's own dtype, 4x4 affine).
+
+    Raises:
+        DataError: the file is missing, unreadable or truncated.
+    """
+    import nibabel as nib
+
+    if not path.is_file():
+        raise DataError(f"{path}: missing {what}; expected a NIfTI file (.nii or .nii.gz) here.")
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+        affine = np.asarray(image.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types for bad or truncated files
+        raise DataError(
+            f"{path}: cannot read this {what} as NIfTI ({type(exc).__name__}: {exc}); the file may be truncated or not NIfTI."
+        ) from None
+    return np.asarray(data), affine
+
+
+def zscore(volume: np.ndarray) -> np.ndarray:
+    """Z-score a volume over its non-zero voxels; zero voxels (background) stay 0.
+
+    Args:
+        volume: float array, any shape (one channel).
+
+    Returns:
+        float32 array of the same shape.
+    """
+    out = np.zeros(volume.shape, dtype=np.float32)
+    mask = volume != 0
+    if not mask.any():
+        return out
+    values = volume[mask].astype(np.float64)
+    mean, std = values.mean(), values.std()
+    out[mask] = ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)
+    return out
+
+
+def select_slices(brain: np.ndarray, tumour: np.ndarray, mode: str, other_fraction: float) -> np.ndarray:
+    """Indices of the kept axial slices.
+
+    Args:
+        brain: bool ``[Z]``, slices with any non-zero image voxel.
+        tumour: bool ``[Z]``, slices with any tumour label.
+        mode: ``all`` (every brain slice) or ``tumour`` (tumour slices plus ``other_fraction``
+            of the other brain slices, evenly spaced).
+        other_fraction: share in [0, 1].
+
+    Returns:
+        sorted int array of slice indices.
+    """
+    if mode == "all":
+        return np.flatnonzero(brain | tumour)
+    keep = np.flatnonzero(tumour)
+    rest = np.flatnonzero(brain & ~tumour)
+    count = int(round(other_fraction * len(rest)))
+    if count > 0:
+        picks = np.unique(np.linspace(0, len(rest) - 1, count).round().astype(int))
+        keep = np.union1d(keep, rest[picks])
+    return np.sort(keep)
+
+
+def crop_or_pad(array: np.ndarray, size: int | None) -> np.ndarray:
+    """Centre crop or zero-pad the last two axes to ``size × size`` (no-op when None)."""
+    if size is None:
+        return array
+    out = array
+    for axis in (-2, -1):
+        n = out.shape[axis]
+        if n > size:
+            start = (n - size) // 2
+            out = np.take(out, np.arange(start, start + size), axis=axis)
+        elif n < size:
+            before = (size - n) // 2
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = (before, size - n - before)
+            out = np.pad(out, pad)
+    return out
+
+
+def folder_fingerprint(root: Path, name: str, params: dict[str, Any]) -> str:
+    """Hash of the folder's file list, sizes and modification times, the params and the reader version."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            entries.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    payload = {"name": name, "reader": READER_VERSION, "params": params, "files": entries}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class StreamingArray:
+    """A ``.npy`` file filled block after block along its first axis, without knowing N in advance.
+
+    The header is written with room to spare and rewritten with the final shape on close,
+    so the result is an ordinary ``.npy`` that ``np.load(mmap_mode="r")`` maps.
+    """
+
+    _HEADER = 256  # bytes, a multiple of 64; room for any 4-D shape
+
+    def __init__(self, path: Path, dtype: np.dtype, tail: tuple[int, ...]):
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.tail = tuple(int(t) for t in tail)
+        self.rows = 0
+        self._file = open(path, "wb")
+        self._file.write(self._header(0))
+
+    def _header(self, rows: int) -> bytes:
+        shape = (rows, *self.tail)
+        text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (self.dtype.str, shape)
+        room = self._HEADER - 10 - 1
+        if len(text) > room:
+            raise ValueError(f"shape {shape} does not fit the .npy header")
+        text = text + " " * (room - len(text)) + "\n"
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+    def append(self, block: np.ndarray) -> None:
+        if tuple(block.shape[1:]) != self.tail:
+            raise DataError(f"{self.path.name}: block of shape {block.shape} does not continue {self.tail}.")
+        self._file.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self._file.seek(0)
+        self._file.write(self._header(self.rows))
+        self._file.close()
+
+
+def load_mapped_sliceset(folder: Path) -> SliceSet:
+    """Read a cached reader artifact; images and labels are memory-mapped (read only)."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
+    labels = np.load(folder / "labels.npy", mmap_mode="r", allow_pickle=False)
+    case_ids = np.load(folder / "case_ids.npy", allow_pickle=False)
+    poisoned = np.zeros(len(case_ids), dtype=bool)
+    meta = manifest.get("meta", {})
+    if "source_labels" in meta:
+        meta["source_labels"] = {int(k): int(v) for k, v in meta["source_labels"].items()}
+    return SliceSet(images=images, labels=labels, case_ids=case_ids, poisoned=poisoned, channels=tuple(manifest["channels"]), meta=meta)
+
+
+class VolumeSource(DatasetSource):
+    """Base of the NIfTI folder readers: subclasses list cases and say how labels map.
+
+    Subclasses implement `discover` (cases and channel names, checked against the
+    folder) and `label_mapping` (source value -> common value, for one case).
+    """
+
+    Params = VolumeParams
+
+    # -- what subclasses provide ---------------------------------------------------
+    def discover(self) -> tuple[list[CaseFiles], list[str]]:
+        """Every case of the folder (sorted by id) and the channel names available."""
+        raise NotImplementedError
+
+    def label_mapping(self, case: CaseFiles) -> dict[int, int]:
+        """Source label value -> common value for ``case``."""
+        raise NotImplementedError
+
+    def source_meta(self) -> dict[str, Any]:
+        """``meta`` of the loaded SliceSet (must hold ``source_labels``)."""
+        raise NotImplementedError
+
+    # -- common behaviour -----------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.params.root).expanduser()
+
+    def check_root(self) -> Path:
+        root = self.root
+        if not root.is_dir():
+            raise DataError(f"{root}: the '{self.name}' data set folder does not exist or is not a folder.")
+        return root
+
+    def fingerprint(self) -> str:
+        root = self.check_root()
+        return folder_fingerprint(root.resolve(), self.name, self.params.model_dump(mode="json"))
+
+    def load(self) -> SliceSet:
+        key = f"{self.name}-{self.fingerprint()}"
+        folder = build_artifact(artifact_dir("datasets", key), self._build)
+        return load_mapped_sliceset(folder)
+
+    def plan(self) -> tuple[list[CaseFiles], list[str]]:
+        """Cases to load (segmentation checked, ``max_cases`` applied) and the channels."""
+        cases, available = self.discover()
+        if not cases:
+            raise DataError(f"{self.root}: no cases found for the '{self.name}' reader.")
+        wanted = list(self.params.modalities or available)
+        missing = [m for m in wanted if m not in available]
+        if missing:
+            raise DataError(f"{self.root}: modalities {missing} are not in this data set; it has {available}.")
+        kept = []
+        for case in cases:
+            if case.label is None or not case.label.is_file():
+                expected = case.label or "a segmentation file"
+                message = f"case {case.case_id}: no segmentation ({expected} is missing)"
+                if self.params.missing_segmentation == "error":
+                    raise DataError(message + "; set missing_segmentation: skip to leave such cases out.")
+                warnings.warn(message + "; the case is left out.", stacklevel=2)
+                logger.warning("%s; the case is left out.", message)
+                continue
+            kept.append(case)
+        if self.params.max_cases is not None:
+            kept = kept[: self.params.max_cases]
+        if not kept:
+            raise DataError(f"{self.root}: no case with a segmentation was found.")
+        return kept, wanted
+
+    def read_case(self, case: CaseFiles, channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """One case's kept slices.
+
+        Returns:
+            (float32 images ``[S, C, H, W]``, uint8 common labels ``[S, H, W]``).
+        """
+        p = self.params
+        label_raw, label_affine = read_nifti(case.label, f"segmentation of case {case.case_id}")  # type: ignore[arg-type]
+        if label_raw.ndim == 4 and label_raw.shape[3] == 1:
+            label_raw = label_raw[..., 0]
+        if label_raw.ndim != 3:
+            raise DataError(f"{case.label}: segmentation of case {case.case_id} must be 3-D; got shape {label_raw.shape}.")
+        if not np.issubdtype(label_raw.dtype, np.integer):
+            if not np.isfinite(label_raw).all() or not np.array_equal(label_raw, np.round(label_raw)):
+                raise DataError(f"{case.label}: segmentation of case {case.case_id} must hold integer label values.")
+            label_raw = label_raw.astype(np.int64)
+        labels = to_common_labels(label_raw, self.label_mapping(case), str(case.label))
+        volumes = []
+        files: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+        for channel in channels:
+            path, index = case.channels[channel]
+            if path not in files:
+                files[path] = read_nifti(path, f"{channel} image of case {case.case_id}")
+            data, affine = files[path]
+            if index is not None:
+                if data.ndim != 4 or index >= data.shape[3]:
+                    raise DataError(
+                        f"{path}: expected a 4-D image with at least {index + 1} volumes (channel {channel}); got shape {data.shape}."
+                    )
+                data = data[..., index]
+            elif data.ndim == 4 and data.shape[3] == 1:
+                data = data[..., 0]
+            if data.shape != label_raw.shape:
+                raise DataError(
+                    f"{path}: {channel} image of case {case.case_id} has shape {data.shape[:3] if data.ndim >= 3 else data.shape}; "
+                    f"its segmentation {case.label.name} has {label_raw.shape}; they must match."  # type: ignore[union-attr]
+                )
+            gap = float(np.abs(affine - label_affine).max())
+            if gap > p.affine_tolerance:
+                raise DataError(
+                    f"{path}: affine differs from that of the segmentation {case.label.name} by {gap:.4g} "  # type: ignore[union-attr]
+                    f"(tolerance {p.affine_tolerance}); the files of case {case.case_id} are not co-registered."
+                )
+            data = np.asarray(data, dtype=np.float32)
+            if not np.isfinite(data).all():
+                bad = int((~np.isfinite(data)).sum())
+                raise DataError(f"{path}: {channel} image of case {case.case_id} has {bad} NaN or infinite voxels.")
+            volumes.append(zscore(data) if p.normalize else data)
+        del files
+        image = np.stack(volumes)  # [C, X, Y, Z]
+        brain = (image != 0).any(axis=(0, 1, 2))
+        tumour = (labels > 0).any(axis=(0, 1))
+        keep = select_slices(brain, tumour, p.slices, p.other_fraction)
+        images = np.moveaxis(image[..., keep], -1, 0)  # [S, C, X, Y]
+        masks = np.moveaxis(labels[..., keep], -1, 0)
+        return crop_or_pad(images, p.size).astype(np.float32, copy=False), crop_or_pad(masks, p.size).astype(np.uint8)
+
+    def _build(self, tmp: Path) -> dict[str, Any]:
+        cases, channels = self.plan()
+        images_out: StreamingArray | None = None
+        labels_out: StreamingArray | None = None
+        case_ids: list[str] = []
+        shape: tuple[int, int] | None = None
+        first_case = ""
+        try:
+            for case in self.context.track(cases, f"reading {self.name}", total=len(cases)):
+                images, labels = self.read_case(case, channels)
+                if len(images) == 0:
+                    warnings.warn(f"case {case.case_id}: no slice selected (slices: {self.params.slices}); the case is left out.", stacklevel=2)
+                    continue
+                if shape is None:
+                    shape, first_case = images.shape[2:], case.case_id
+                    images_out = StreamingArray(tmp / "images.npy", np.float32, (len(channels), *shape))
+                    labels_out = StreamingArray(tmp / "labels.npy", np.uint8, shape)
+                elif images.shape[2:] != shape:
+                    raise DataError(
+                        f"case {case.case_id}: slices are {list(images.shape[2:])} but case {first_case} has {list(shape)}; "
+                        "set 'size' to crop/pad every case to one in-plane size."
+                    )
+                images_out.append(images)  # type: ignore[union-attr]
+                labels_out.append(labels)  # type: ignore[union-attr]
+                case_ids.extend([case.case_id] * len(images))
+        finally:
+            for out in (images_out, labels_out):
+                if out is not None:
+                    out.close()
+        if not case_ids:
+            raise DataError(f"{self.root}: no slice was selected from any case.")
+        np.save(tmp / "case_ids.npy", np.asarray(case_ids, dtype=str), allow_pickle=False)
+        return {"channels": list(channels), "meta": self.source_meta(), "root": str(self.root)}
+
+
+def list_nifti(folder: Path) -> list[Path]:
+    """NIfTI files in ``folder`` (not recursive), skipping macOS ``._`` resource files."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_ENDINGS) and not p.name.startswith("._"))
+
+
+def strip_ending(name: str) -> str:
+    for ending in NIFTI_ENDINGS:
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return name
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` or a DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing; expected the data set's dataset.json here.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}).") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object; got {type(data).__name__}.")
+    return data
+
+
+def invert(mapping: dict[int, int]) -> dict[int, int]:
+    """common value -> source value (first source value wins)."""
+    out: dict[int, int] = {}
+    for source, common in sorted(mapping.items()):
+        out.setdefault(int(common), int(source))
+    return out
+
+
+def iter_cases(cases: Iterable[CaseFiles]) -> list[str]:
+    return [c.case_id for c in cases]
