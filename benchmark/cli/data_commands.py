@@ -46,12 +46,13 @@ def _progress_context(quiet: bool):
 
     from ..plugins import RunContext
 
-    if quiet:
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
         return nullcontext(), RunContext(quiet=True)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=Console(stderr=True), transient=True)
+                        console=console, transient=True)
 
     def track(iterable, description, total=None):
         task = progress.add_task(description, total=total)

@@ -1,0 +1,112 @@
+"""``bench data export``: poisoned training split + real validation split, read back identically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from benchmark import CaseAttack, create_dataset, register_attack
+from benchmark.cli.main import main
+from test_brats import snapshot, write_brats
+
+SHIFT = 5.0
+
+
+@pytest.fixture
+def shift_attack():
+    @register_attack("test-shift")
+    class ShiftAttack(CaseAttack):
+        """Adds a constant to every brain voxel of the chosen cases (test only)."""
+
+        def corrupt_case(self, images, labels, channels, rng):
+            return np.where(images != 0, images + SHIFT, 0).astype(np.float32), labels
+
+    return "test-shift"
+
+
+@pytest.fixture
+def brats_config(tmp_path, write_config, tiny_config):
+    root = write_brats(tmp_path / "data", 6)
+    config = {**tiny_config, "dataset": {"name": "brats", "root": str(root)}, "split": {"val_fraction": 0.34, "seed": 0}}
+    return root, write_config(config)
+
+
+def per_case(data):
+    return {case: (np.asarray(data.images[data.case_ids == case]), np.asarray(data.labels[data.case_ids == case])) for case in data.cases}
+
+
+def check_manifest(out, manifest):
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert set(manifest["files"]) == written
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+
+
+def test_nnunet_export_round_trip(tmp_path, brats_config, shift_attack):
+    root, config = brats_config
+    before = snapshot(root)
+    out = tmp_path / "Dataset501_Poisoned"
+    args = ["data", "export", str(config), "--attack", shift_attack, "--rate", "0.5", "--seed", "0", "--format", "nnunet", "--out", str(out)]
+    assert main(args) == 0
+    assert snapshot(root) == before
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["attack"]["name"] == "test-shift" and manifest["rate"] == 0.5 and manifest["format"] == "nnunet"
+    assert len(manifest["train_cases"]) == 4 and len(manifest["val_cases"]) == 2
+    assert len(manifest["poisoned_cases"]) == 2 and set(manifest["poisoned_cases"]) <= set(manifest["train_cases"])
+    check_manifest(out, manifest)
+    spec = json.loads((out / "dataset.json").read_text())
+    assert spec["numTraining"] == 4 and spec["file_ending"] == ".nii.gz"
+    assert spec["channel_names"] == {"0": "t1", "1": "t1ce", "2": "t2", "3": "flair"}
+
+    original = per_case(create_dataset("brats", root=str(root)).load())
+    back = create_dataset("nnunet", root=str(out), normalize=False).load()
+    assert back.channels == ("t1", "t1ce", "t2", "flair")
+    assert back.cases == manifest["train_cases"]
+    for case, (images, labels) in per_case(back).items():
+        expected_images, expected_labels = original[case]
+        if case in manifest["poisoned_cases"]:
+            expected_images = np.where(expected_images != 0, expected_images + SHIFT, 0)
+        assert np.array_equal(labels, expected_labels)
+        assert np.allclose(images, expected_images, atol=1e-6)
+
+
+def test_folder_export_round_trip_of_both_splits(tmp_path, brats_config, shift_attack):
+    root, config = brats_config
+    out = tmp_path / "export"
+    args = ["data", "export", str(config), "--attack", shift_attack, "--rate", "0.25", "--seed", "3", "--format", "folder", "--out", str(out)]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    check_manifest(out, manifest)
+    assert len(manifest["poisoned_cases"]) == 1
+    original = per_case(create_dataset("brats", root=str(root)).load())
+    for part in ("train", "val"):
+        back = create_dataset("brats", root=str(out / part), normalize=False).load()
+        assert back.cases == manifest[f"{part}_cases"]
+        assert back.meta["convention"] == "brats2021"
+        for case, (images, labels) in per_case(back).items():
+            expected = original[case][0]
+            if case in manifest["poisoned_cases"]:
+                expected = np.where(expected != 0, expected + SHIFT, 0)
+            assert np.array_equal(labels, original[case][1])
+            assert np.allclose(images, expected, atol=1e-6)
+    assert not set(manifest["poisoned_cases"]) & set(manifest["val_cases"])
+
+
+def test_export_refuses_the_data_folder_and_non_empty_folders(tmp_path, brats_config, capsys):
+    root, config = brats_config
+    before = snapshot(root)
+    base = ["data", "export", str(config), "--attack", "none", "--rate", "0", "--format", "folder", "--out"]
+    assert main([*base, str(root / "export")]) == 2
+    assert "nothing is ever written there" in capsys.readouterr().err
+    assert snapshot(root) == before
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    assert main([*base, str(tmp_path / "busy")]) == 2
+    assert "must be empty" in capsys.readouterr().err
+    assert main([*base[:-1], "--rate", "1.5", "--out", str(tmp_path / "x")]) == 2
+    assert "--rate: expected a poison rate in [0, 1]; got 1.5" in capsys.readouterr().err
+    assert main(["data", "export", str(config), "--attack", "no-such-attack", "--rate", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "Unknown attack 'no-such-attack'" in capsys.readouterr().err
