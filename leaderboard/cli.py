@@ -1,0 +1,118 @@
+"""``bench export`` and ``bench leaderboard add|build|verify`` (registered via ``poisonbench.commands``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmark import ExitCode
+
+__all__ = ["register_export", "register_leaderboard"]
+
+
+def _add_command(sub: argparse._SubParsersAction, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help, description=f"{help}\n\nexamples:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+# -- export ---------------------------------------------------------------------------
+def register_export(sub: argparse._SubParsersAction) -> None:
+    p = _add_command(
+        sub, "export", "export a results database as a leaderboard submission bundle (JSON)",
+        "  bench export --to submission.json --name 'Jane Doe' --affiliation 'Example Lab'\n"
+        "  bench export --out paper-results --to paper.json --link https://example.org/paper",
+    )
+    p.add_argument("--out", default="results", help="output folder of the sweep, holding results.sqlite (default: results)")
+    p.add_argument("--to", required=True, metavar="FILE", help="where to write the bundle")
+    p.add_argument("--name", default="", help="submitter name (free text)")
+    p.add_argument("--affiliation", default="", help="submitter affiliation (free text)")
+    p.add_argument("--link", default="", help="link to a paper or code (free text)")
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .bundle import export_bundle, write_bundle
+
+    bundle = export_bundle(args.out, {"name": args.name, "affiliation": args.affiliation, "link": args.link})
+    path = write_bundle(bundle, args.to)
+    print(f"{path}: {len(bundle['cells'])} cell(s), digest {bundle['digest']}")
+    return int(ExitCode.OK)
+
+
+# -- leaderboard ----------------------------------------------------------------------
+def register_leaderboard(sub: argparse._SubParsersAction) -> None:
+    from .board import DEFAULT_BOARD
+
+    p = _add_command(
+        sub, "leaderboard", "add submissions to a leaderboard, verify them, and build the site",
+        "  bench leaderboard add submission.json\n  bench leaderboard build --out site\n  bench leaderboard verify jane-doe-0123456789ab",
+    )
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
+    actions.required = True
+
+    add = _add_command(
+        actions, "add", "validate a submission and add it to the board (exit 2 with every reason when refused)",
+        "  bench leaderboard add submission.json\n  bench leaderboard add submission.json --board my-board",
+    )
+    add.add_argument("submission", help="bundle written by 'bench export'")
+    add.add_argument("--board", default=str(DEFAULT_BOARD), help=f"board folder (default: {DEFAULT_BOARD})")
+    add.set_defaults(handler=_add)
+
+    build = _add_command(
+        actions, "build", "build the static site, leaderboard.md, .json and .csv from the board",
+        "  bench leaderboard build --out site\n  bench leaderboard build --board my-board --out public",
+    )
+    build.add_argument("--board", default=str(DEFAULT_BOARD), help=f"board folder (default: {DEFAULT_BOARD})")
+    build.add_argument("--out", required=True, metavar="SITE", help="folder to write the site into")
+    build.set_defaults(handler=_build)
+
+    from .verify import DEFAULT_TOLERANCE
+
+    verify = _add_command(
+        actions, "verify", "re-run a sampled cell (or all cells) of an entry and compare per-case Dice; a match marks it verified",
+        "  bench leaderboard verify jane-doe-0123456789ab\n  bench leaderboard verify jane-doe-0123456789ab --cells all --tolerance 1e-4",
+    )
+    verify.add_argument("entry", help="entry id, entry file name or path")
+    verify.add_argument("--board", default=str(DEFAULT_BOARD), help=f"board folder (default: {DEFAULT_BOARD})")
+    verify.add_argument("--cells", default="sample", metavar="WHICH", help="'sample' (one cell, default), 'all', or a cell key (prefix)")
+    verify.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help=f"largest absolute per-case Dice difference (default: {DEFAULT_TOLERANCE:g})")
+    verify.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="device of the re-run (default: cpu)")
+    verify.add_argument("--seed", type=int, default=None, help="seed of the cell sample (default: drawn from the digest)")
+    verify.set_defaults(handler=_verify)
+
+
+def _add(args: argparse.Namespace) -> int:
+    from .board import Board
+
+    entry = Board(args.board).add(args.submission)
+    print(f"added {entry.entry_id} ({len(entry.submission['cells'])} cell(s)) to {entry.path}")
+    return int(ExitCode.OK)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .board import Board
+    from .site import build_site
+
+    result = build_site(Board(args.board), args.out)
+    a = result.analysis
+    print(
+        f"{Path(args.out) / 'index.html'}: {len(a.entries)} entr{'y' if len(a.entries) == 1 else 'ies'}, "
+        f"{len(a.attacks)} attack row(s), {len(a.defenses)} defense row(s), {len(a.segmenters)} segmenter row(s), {len(result.figures)} figure(s)"
+    )
+    return int(ExitCode.OK)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .board import Board
+    from .verify import verify_entry
+
+    record = verify_entry(Board(args.board), args.entry, args.cells, args.tolerance, args.device, args.seed)
+    print(f"{args.entry}: {record['status']}: {record['summary']}")
+    if record["status"] != "verified":
+        for cell in record["cells"]:
+            if not cell["matched"]:
+                print(f"  cell {cell['key']}: same cases {cell['same_cases']}, largest Dice difference {cell['max_abs_dice_diff']}", file=sys.stderr)
+        return int(ExitCode.CELL_FAILED)
+    return int(ExitCode.OK)

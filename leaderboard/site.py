@@ -1,0 +1,305 @@
+"""``bench leaderboard build``: the static site, ``leaderboard.md``, ``.json`` and ``.csv``.
+
+The HTML is self-contained: inline CSS and JavaScript, no network; figures are PNG files
+beside the pages. Every string from a submission goes through jinja2 autoescaping, and
+a Content-Security-Policy allows only the page's own script (by hash), so a script
+smuggled into a submission neither shows as markup nor runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup
+
+import benchmark
+
+from .board import Board, Entry
+from .bundle import finite_or_none
+from .stats import ALPHA
+from .tables import CURVE_METRICS, Analysis, analyse, plugin_label
+
+__all__ = ["SORT_SCRIPT", "BuildResult", "build_site", "markdown_board", "CSV_COLUMNS"]
+
+SORT_SCRIPT = """
+(function () {
+  function key(cell) {
+    var raw = cell.getAttribute('data-sort');
+    if (raw === null) { raw = cell.textContent.trim(); }
+    if (raw === '' || raw === '\\u2014') { return null; }
+    var n = Number(raw);
+    return isNaN(n) ? raw.toLowerCase() : n;
+  }
+  function compare(a, b, asc) {
+    if (a === null && b === null) { return 0; }
+    if (a === null) { return 1; }
+    if (b === null) { return -1; }
+    var an = typeof a === 'number', bn = typeof b === 'number';
+    var r = (an && bn) ? a - b : (an ? -1 : (bn ? 1 : (a < b ? -1 : (a > b ? 1 : 0))));
+    return asc ? r : -r;
+  }
+  function sortBy(table, th, index) {
+    var asc = th.getAttribute('aria-sort') !== 'ascending';
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (h) { h.removeAttribute('aria-sort'); });
+    th.setAttribute('aria-sort', asc ? 'ascending' : 'descending');
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    rows = rows.map(function (row, i) { return [row, i]; });
+    rows.sort(function (x, y) {
+      var r = compare(key(x[0].cells[index]), key(y[0].cells[index]), asc);
+      return r !== 0 ? r : x[1] - y[1];
+    });
+    rows.forEach(function (pair) { body.appendChild(pair[0]); });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll('table.sortable'), function (table) {
+    if (!table.tHead || !table.tBodies.length) { return; }
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, index) {
+      th.tabIndex = 0;
+      th.title = 'sort by this column';
+      th.addEventListener('click', function () { sortBy(table, th, index); });
+      th.addEventListener('keydown', function (e) {
+        if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sortBy(table, th, index); }
+      });
+    });
+  });
+  document.documentElement.setAttribute('data-sortable', 'ready');
+})();
+""".strip()
+
+CSV_COLUMNS = [
+    "entry", "status", "submitter", "dataset", "segmenter", "attack", "rate", "defense", "seeds", "cases",
+    "dice", "dice_ci_low", "dice_ci_high", "accuracy", "sensitivity", "clean_dice", "drop", "p_value", "significant",
+    "auroc", "ap",
+]
+
+
+class BuildResult:
+    """Where the site went and what it holds."""
+
+    def __init__(self, out: Path, analysis: Analysis, figures: list[Path]):
+        self.out = out
+        self.analysis = analysis
+        self.figures = figures
+
+
+def _fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "\u2014"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        if digits == 0:
+            return str(int(value))
+        return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=True, undefined=StrictUndefined, trim_blocks=False)
+    env.filters["fmt"] = _fmt
+    return env
+
+
+def _safe_link(link: str) -> str | None:
+    link = (link or "").strip()
+    return link if link.lower().startswith(("https://", "http://")) and not any(c.isspace() for c in link) else None
+
+
+def _figure(row: dict[str, Any], points: list[tuple[float, dict[str, Any]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.2), dpi=100)
+    rates = [p[0] for p in points]
+    for metric, color in zip(CURVE_METRICS, ("#1f77b4", "#2ca02c", "#d62728")):
+        mean = [p[1][metric] if p[1][metric] is not None else float("nan") for p in points]
+        low = [p[1][f"{metric}_ci_low"] if p[1][f"{metric}_ci_low"] is not None else float("nan") for p in points]
+        high = [p[1][f"{metric}_ci_high"] if p[1][f"{metric}_ci_high"] is not None else float("nan") for p in points]
+        ax.plot(rates, mean, marker="o", color=color, label=metric)
+        ax.fill_between(rates, low, high, color=color, alpha=0.18, linewidth=0)
+    for rate, point in points:
+        if point.get("significant"):
+            ax.annotate("*", (rate, point["dice"]), textcoords="offset points", xytext=(0, 5), ha="center", color="#b42318")
+    ax.set_xlabel("poison rate")
+    ax.set_ylabel("metric (95 % CI)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(min(rates) - 0.02, max(rates) + 0.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(f"{row['segmenter']} | {row['attack']}"[:70], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _md(text: Any) -> str:
+    """Escape a value for a Markdown table cell: no HTML, no pipes, no line breaks, no link syntax."""
+    value = _fmt(text) if not isinstance(text, str) else text
+    value = " ".join(value.split())
+    for char in "\\`*_{}[]()#+!|<>&~":
+        value = value.replace(char, f"&#{ord(char)};") if char in "<>&|" else value.replace(char, "\\" + char)
+    return value
+
+
+STAR = "\\*"
+
+
+def markdown_board(analysis: Analysis, generated: str) -> str:
+    """The boards as GitHub-flavoured Markdown (drop-in for a README)."""
+    lines = ["# poisonbench leaderboard", "", f"_Built {generated}. `*`: significant drop from the clean baseline (paired Wilcoxon, p < {ALPHA})._", ""]
+
+    def table(header: list[str], rows: list[list[str]]) -> None:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" for _ in header) + "|")
+        lines.extend("| " + " | ".join(r) + " |" for r in rows)
+        if not rows:
+            lines.append("| " + " | ".join("" for _ in header) + " |")
+        lines.append("")
+
+    lines += ["## Attacks", ""]
+    table(
+        ["entry", "status", "segmenter", "attack", "clean Dice", "Dice at each rate", "AUC", "rate @5 %"],
+        [
+            [
+                _md(r["submitter"] or r["entry"]), r["status"], _md(r["segmenter"]), _md(r["attack"]), _fmt(r["clean_dice"]),
+                "<br>".join(f"{_fmt(p['rate'])}: {_fmt(p['dice'])}{STAR if p['significant'] else ''}" for p in r["points"]),
+                _fmt(r["auc"]), _fmt(r["rate_at_5pct"]),
+            ]
+            for r in analysis.attacks
+        ],
+    )
+    lines += ["## Defenses", ""]
+    table(
+        ["entry", "status", "segmenter", "attack", "defense", "AUROC", "AP", "mean Dice recovered", "clean cost"],
+        [
+            [_md(r["submitter"] or r["entry"]), r["status"], _md(r["segmenter"]), _md(r["attack"]), _md(r["defense"]), _fmt(r["auroc"]),
+             _fmt(r["ap"]), _fmt(r["mean_recovered"]), _fmt(r["clean_cost"])]
+            for r in analysis.defenses
+        ],
+    )
+    lines += ["## Segmenters", ""]
+    table(
+        ["entry", "status", "segmenter", "clean Dice", *[f"drop @0.5 {_md(a)}" for a in analysis.attack_names], "mean drop"],
+        [
+            [_md(r["submitter"] or r["entry"]), r["status"], _md(r["segmenter"]), _fmt(r["clean_dice"]),
+             *[_fmt(r["drops"].get(a)) for a in analysis.attack_names], _fmt(r["mean_drop"])]
+            for r in analysis.segmenters
+        ],
+    )
+    return "\n".join(lines)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, list):
+        value = " ".join(str(v) for v in value)
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value  # no formula injection when opened in a spreadsheet
+    return value
+
+
+def build_site(board: Board, out: str | Path, now: str | None = None) -> BuildResult:
+    """Render every page and table of the board into ``out`` (replacing an earlier build there).
+
+    Returns:
+        The result, with the analysis the pages were made from.
+    """
+    out = Path(out)
+    entries = board.entries()
+    analysis = analyse(entries)
+    generated = now or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    for sub in ("entries", "figures"):
+        if (out / sub).is_dir():
+            shutil.rmtree(out / sub)
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    figures: list[Path] = []
+    figure_index: dict[str, list[dict[str, str]]] = {}
+    for i, curve in enumerate(analysis.curves):
+        row = curve["row"]
+        if len(curve["points"]) < 1:
+            continue
+        name = f"figures/{row['entry']}-{i:03d}.png"
+        _figure(row, curve["points"], out / name)
+        row["figure"] = name
+        figures.append(out / name)
+        caption = f"{row['submitter'] or row['entry']}: {row['segmenter']} | {row['attack']}"
+        figure_index.setdefault(row["entry"], []).append({"path": name, "caption": caption})
+
+    env = _environment()
+    common = {
+        "script": Markup(SORT_SCRIPT),
+        "script_hash": "sha256-" + base64.b64encode(hashlib.sha256(SORT_SCRIPT.encode("utf-8")).digest()).decode("ascii"),
+        "generated": generated,
+        "version": benchmark.package_version(),
+        "alpha": ALPHA,
+    }
+    all_figures = [f for e in analysis.entries for f in figure_index.get(e["entry"], [])]
+    (out / "index.html").write_text(env.get_template("index.html.j2").render(analysis=analysis, figures=all_figures, **common), encoding="utf-8")
+
+    by_id = {e.entry_id: e for e in entries}
+    for row in analysis.entries:
+        entry: Entry = by_id[row["entry"]]
+        sub = entry.submission
+        verification = dict(entry.verification or {})
+        if verification:
+            verification.setdefault("summary", "")
+        reports = [
+            {
+                "key": c["key"],
+                "segmenter": plugin_label(c["config"]["segmenter"]),
+                "attack": plugin_label(c["config"]["attack"]),
+                "rate": c["config"]["rate"],
+                "defense": plugin_label(c["config"]["defense"]),
+                "seed": c["config"]["seed"],
+                "attack_report": json.dumps(c.get("attack_report"), indent=1, sort_keys=True, ensure_ascii=False) if c.get("attack_report") else "—",
+                "defense_report": json.dumps(c.get("defense_report"), indent=1, sort_keys=True, ensure_ascii=False) if c.get("defense_report") else "—",
+            }
+            for c in sub["cells"]
+        ]
+        page = env.get_template("entry.html.j2").render(
+            entry={**row, "verification": verification or None},
+            safe_link=_safe_link(row["link"]),
+            attacks=[r for r in analysis.attacks if r["entry"] == entry.entry_id],
+            defenses=[r for r in analysis.defenses if r["entry"] == entry.entry_id],
+            cells=[r for r in analysis.cells if r["entry"] == entry.entry_id],
+            figures=figure_index.get(entry.entry_id, []),
+            reports=reports,
+            provenance=json.dumps(sub.get("provenance"), indent=1, sort_keys=True, ensure_ascii=False),
+            config=json.dumps(sub.get("config"), indent=1, sort_keys=True, ensure_ascii=False),
+            **common,
+        )
+        (out / "entries" / f"{entry.entry_id}.html").write_text(page, encoding="utf-8")
+
+    (out / "leaderboard.md").write_text(markdown_board(analysis, generated) + "\n", encoding="utf-8")
+    payload = finite_or_none(
+        {
+            "generated": generated,
+            "alpha": ALPHA,
+            "entries": analysis.entries,
+            "attacks": analysis.attacks,
+            "defenses": analysis.defenses,
+            "segmenters": analysis.segmenters,
+            "cells": analysis.cells,
+        }
+    )
+    (out / "leaderboard.json").write_text(json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    with (out / "leaderboard.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in analysis.cells:
+            writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
+    return BuildResult(out, analysis, figures)
