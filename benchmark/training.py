@@ -2,7 +2,8 @@
 
 On CUDA the whole training set is moved to the device once (no per-step host→device
 copies), steps run under bf16/fp16 autocast in channels-last layout, and the host only
-synchronises at epoch ends. On the CPU the same loop runs in float32.
+synchronises at epoch ends. On the CPU the same loop runs in float32 and reads each batch
+from the given arrays, so a memory-mapped training set is streamed, never copied whole.
 """
 
 from __future__ import annotations
@@ -77,13 +78,23 @@ def fit_binary_segmentation(
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp == torch.float16)
 
-    x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    y_all = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).unsqueeze(1)
     if cuda:
+        x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        y_all = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).unsqueeze(1)
         x_all = x_all.pin_memory().to(device, non_blocking=True).contiguous(memory_format=memory_format)
         y_all = y_all.pin_memory().to(device, non_blocking=True)
+        batch = lambda index: (x_all[index], y_all[index])  # noqa: E731 - device-resident gather
+    else:
+        # the CPU reads each batch from the arrays as given (possibly memory-mapped), so a
+        # data set larger than RAM is never copied whole
+        def batch(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            rows = index.numpy()
+            x = torch.from_numpy(np.ascontiguousarray(images[rows], dtype=np.float32))
+            y = torch.from_numpy(np.ascontiguousarray(masks[rows], dtype=np.float32)).unsqueeze(1)
+            return x, y
+
     generator = torch.Generator(device=device).manual_seed(context.seed)
-    n = len(x_all)
+    n = len(images)
     history = TrainingHistory()
     net.train()
     for epoch in context.track(range(epochs), description, total=epochs):
@@ -93,7 +104,7 @@ def fit_binary_segmentation(
         steps = 0
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
-            x, y = x_all[index], y_all[index]
+            x, y = batch(index)
             if flips is not None:
                 flip = flips[index].view(-1, 1, 1, 1)
                 x = torch.where(flip, x.flip(-1), x)
