@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
 from .errors import ConfigError
@@ -56,14 +56,31 @@ class SplitConfig(_Strict):
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="fraction of cases held out for validation")
     seed: int = Field(0, description="seed of the case split")
     trusted: float = Field(
-        0, ge=0, description="trusted real training cases given to defenses: a fraction (< 1) or a count (>= 1)"
+        0.0, ge=0, description="trusted real training cases given to defenses: a fraction (< 1) or a count (>= 1)"
     )
 
 
 class ExecutorConfig(_Strict):
-    """Where cells run."""
+    """Where cells run: ``local`` (one after another here), ``process`` (N worker
+    processes on this machine) or ``ray`` (one Ray task per cell)."""
 
-    name: Literal["local"] = Field("local", description="executor: cells one after another in this process")
+    name: Literal["local", "process", "ray"] = Field("local", description="executor")
+    workers: int | None = Field(
+        None, ge=1, le=1024, description="cells run at once (process: worker processes; ray: tasks in flight)"
+    )
+    address: str | None = Field(None, description="ray: cluster address ('auto', 'ray://host:10001'); unset starts a local Ray")
+    num_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved per cell")
+    num_gpus: float = Field(0.0, ge=0, description="ray: GPUs per cell; a fraction (0.25) lets cells share a GPU")
+
+    @model_validator(mode="after")
+    def _keys_fit_the_executor(self) -> "ExecutorConfig":
+        if self.name == "local" and self.workers not in (None, 1):
+            raise ValueError(f"executor.workers: the local executor runs one cell at a time; got {self.workers} (use name: process or ray)")
+        if self.name != "ray":
+            for key in ("address", "num_gpus"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"executor.{key}: only the ray executor takes '{key}'; this executor is '{self.name}'")
+        return self
 
 
 class _RawSweep(_Strict):
@@ -124,7 +141,7 @@ class SweepConfig:
             "defenses": [d.as_dict() for d in self.defenses],
             "seeds": list(self.seeds),
             "device": self.device,
-            "executor": self.executor.model_dump(),
+            "executor": {"name": self.executor.name, **self.executor.model_dump(exclude_defaults=True)},
             "out": self.out,
         }
 

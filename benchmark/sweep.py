@@ -13,12 +13,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .cache import cache_root
-from .config import SweepConfig
+from .config import Cell, SweepConfig
 from .environment import resolve_device
 from .errors import ConfigError, ExitCode
+from .executors import WorkerSpec, create_executor, plugin_modules
+from .locking import OutputLock
 from .outputs import write_sweep_tables
-from .report import print_summary, summary_frame
 from .plugins import RunContext
+from .report import print_summary, summary_frame
 from .runner import CellRunner, plan_sweep
 from .splitting import split_cases
 from .store import FINISHED, ResultStore
@@ -38,6 +40,7 @@ class SweepResult:
     failed: list[str]
     summary: pd.DataFrame
     out: Path
+    lost: list[str]
 
 
 def check_task_channels(config: SweepConfig, channels: tuple[str, ...]) -> None:
@@ -88,49 +91,64 @@ def run_sweep(
     save_predictions: bool = False,
     quiet: bool = False,
     console: Console | None = None,
+    wait_s: float = 0.0,
 ) -> SweepResult:
     """Run every cell of ``config`` that is not finished yet (all of them with ``force``).
 
     Results are written to ``OUT/results.sqlite`` one transaction per cell, then
-    ``OUT/results.csv`` and a summary table.
+    ``OUT/results.csv``, ``attacks.csv``, ``detection.csv`` and a summary table. One run
+    at a time holds the output folder (see `benchmark.locking`).
     """
     console = console or Console(stderr=True)
     out_dir = Path(out if out is not None else config.out)
     plan = plan_sweep(config)
     keys = [cell.key for cell in plan.cells]
-    with ResultStore(out_dir / "results.sqlite") as store:
+    with OutputLock(out_dir, wait_s), ResultStore(out_dir / "results.sqlite") as store:
         finished = store.finished_keys()
         todo = [cell for cell in plan.cells if force or cell.key not in finished]
         skipped = [cell.key for cell in plan.cells if cell not in todo]
         ran: list[str] = []
         failed: list[str] = []
+        lost: list[str] = []
         if todo:
             device = resolve_device(config.device)
             progress = _progress(console, quiet)
             track = _tracker(progress)
             with progress if progress is not None else nullcontext():
                 plan.source.bind(RunContext(quiet=quiet, progress=track))
-                data = plan.source.load()
+                data = plan.source.load()  # builds the cache that workers read
                 check_task_channels(config, data.channels)
                 split = split_cases(data, config.split.val_fraction, config.split.seed, config.split.trusted)
-                runner = CellRunner(
-                    data, split, device, plan.fingerprint, cache_root(), quiet, track,
-                    out_dir / "predictions" if save_predictions else None,
+                predictions = out_dir / "predictions" if save_predictions else None
+                spec = WorkerSpec(
+                    config.resolved(), device, str(cache_root()), str(predictions) if predictions else None,
+                    plugin_modules=plugin_modules(config),
                 )
-                for cell in track(todo, "cells", total=len(todo)):
+
+                local = config.executor.name == "local"
+                runner = CellRunner(data, split, device, plan.fingerprint, cache_root(), quiet, track, predictions) if local else None
+
+                def announce(cell: Cell) -> None:
                     if not quiet:
                         console.log(f"cell {cell.key[:10]}: {cell.label}")
-                    record = runner.run(cell)
+
+                executor = create_executor(config.executor, spec, runner.run if runner else None, announce)
+                for record in track(executor.run(todo), "cells", total=len(todo)):
                     store.write(record)
-                    ran.append(cell.key)
+                    ran.append(record.key)
                     if record.status != FINISHED:
-                        failed.append(cell.key)
-                        console.print(f"[red]cell {cell.key[:10]} ({cell.label}) failed:[/] {record.error.strip().splitlines()[-1]}")
+                        failed.append(record.key)
+                        last_line = (record.error or "").strip().splitlines()[-1:] or ["unknown error"]
+                        console.print(f"[red]cell {record.key[:10]} failed:[/] {last_line[0]}")
+                lost = list(executor.lost)
+                if lost:
+                    console.print(f"[red]{len(lost)} cell(s) lost their worker and did not finish; run again to resume them.[/]")
         elif not quiet:
             console.print(f"all {len(plan.cells)} cells already finished in {out_dir}; nothing to run (use --force to rerun).")
         write_sweep_tables(store, out_dir, keys)
         summary = summary_frame(store, keys)
     if not quiet:
         print_summary(summary, console)
-    exit_code = ExitCode.CELL_FAILED if (summary["status"] != FINISHED).any() else ExitCode.OK
-    return SweepResult(exit_code, ran, skipped, failed, summary, out_dir)
+    incomplete = lost or (summary["status"] != FINISHED).any() or len(summary) < len(keys)
+    exit_code = ExitCode.CELL_FAILED if incomplete else ExitCode.OK
+    return SweepResult(exit_code, ran, skipped, failed, summary, out_dir, lost)

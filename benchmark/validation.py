@@ -38,7 +38,8 @@ def validation_messages(error: ValidationError, prefix: str = "", model: type[Ba
             messages.append(f"{where}: required key is missing.")
         elif kind in ("value_error", "assertion_error"):
             text = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-            messages.append(f"{where}: {text}")
+            # a model-level check may name a more precise key itself
+            messages.append(text if text.startswith(f"{where}.") else f"{where}: {text}")
         else:
             messages.append(f"{where}: {item['msg']}; got {_short(value)}.")
     return messages

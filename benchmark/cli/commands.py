@@ -39,6 +39,9 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (overrides 'out' in the config)")
     p.add_argument("--force", action="store_true", help="rerun cells that are already finished")
     p.add_argument("--save-predictions", action="store_true", help="write predicted masks as NIfTI under OUT/predictions/<cell>/")
+    p.add_argument("--executor", choices=["local", "process", "ray"], help="where cells run (overrides executor.name)")
+    p.add_argument("--workers", type=int, help="cells run at once by the process or ray executor (overrides executor.workers)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another run on the same --out to finish (default: refuse at once)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or logs")
     p.set_defaults(handler=_run)
 
@@ -46,11 +49,20 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..sweep import run_sweep
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.executor:
+        overrides.append(f"executor.name={args.executor}")
+    if args.workers is not None:
+        overrides.append(f"executor.workers={args.workers}")
+    config = load_config(args.config, overrides)
     console = report_console(stderr=True, quiet=args.quiet)
-    result = run_sweep(config, out=args.out, force=args.force, save_predictions=args.save_predictions, quiet=args.quiet, console=console)
+    result = run_sweep(
+        config, out=args.out, force=args.force, save_predictions=args.save_predictions, quiet=args.quiet,
+        console=console, wait_s=args.wait,
+    )
     if result.exit_code != ExitCode.OK:
-        print(f"error: {len(result.failed) or 'some'} cell(s) failed; see 'bench report --out {result.out}'.", file=sys.stderr)
+        count = len(result.failed) + len(result.lost) or "some"
+        print(f"error: {count} cell(s) failed or did not finish; see 'bench report --out {result.out}'.", file=sys.stderr)
     return int(result.exit_code)
 
 
