@@ -144,13 +144,14 @@ def _figure(row: dict[str, Any], points: list[tuple[float, dict[str, Any]]], pat
     plt.close(fig)
 
 
+_MD_ESCAPES = str.maketrans({**{c: f"&#{ord(c)};" for c in "<>&|"}, **{c: "\\" + c for c in "\\`*_{}[]()#+!~"}})
+
+
 def _md(text: Any) -> str:
     """Escape a value for a Markdown table cell: no HTML, no pipes, no line breaks, no link syntax."""
     value = _fmt(text) if not isinstance(text, str) else text
     value = " ".join(value.split())
-    for char in "\\`*_{}[]()#+!|<>&~":
-        value = value.replace(char, f"&#{ord(char)};") if char in "<>&|" else value.replace(char, "\\" + char)
-    return value
+    return value.translate(_MD_ESCAPES)
 
 
 STAR = "\\*"

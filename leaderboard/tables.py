@@ -245,11 +245,13 @@ def analyse(entries: list[Entry]) -> Analysis:
         for key, group in groups.items():
             if group.defense.get("name") != "none":
                 by_defense[(key[0], key[1], key[2], key[4])].append((key, group))
-        for (ds, seg, atk, _), members in sorted(by_defense.items(), key=lambda kv: (plugin_label(kv[1][0][1].segmenter), kv[1][0][1].attack.get("name"))):
+        for (ds, seg, atk, dfn), members in sorted(by_defense.items(), key=lambda kv: (plugin_label(kv[1][0][1].segmenter), kv[1][0][1].attack.get("name"))):
             members.sort(key=lambda m: m[1].rate)
             first = members[0][1]
+            others = [k for k in by_defense if k[:2] == (ds, seg) and k[3] == dfn and k[2] != atk]
+            if first.attack.get("name") == "none" and others:
+                continue  # its rate-0 cells give the other rows' clean cost
             recovered = []
-            clean_cost = None
             for key, group in members:
                 undefended = next(
                     (k for k, g in groups.items() if k[:4] == (ds, seg, atk, group.rate) and g.defense.get("name") == "none"), None
@@ -259,10 +261,17 @@ def analyse(entries: list[Entry]) -> Analysis:
                 if undefended is not None and defended_row["dice"] is not None and rows_by_group[undefended]["dice"] is not None:
                     gain = _round(defended_row["dice"] - rows_by_group[undefended]["dice"])
                 recovered.append({"rate": group.rate, "dice": defended_row["dice"], "recovered": gain, "auroc": defended_row["auroc"], "ap": defended_row["ap"]})
-                if group.rate == 0.0:
-                    clean = _clean_for(group, groups)
-                    if clean is not None and defended_row["dice"] is not None:
-                        clean_cost = _round(rows_by_group[_key_of(clean, groups)]["dice"] - defended_row["dice"])
+            # clean cost: Dice lost when the defense runs on clean data (rate 0, attack 'none' preferred)
+            clean_cost = None
+            at_zero = sorted(
+                (k for k, g in groups.items() if k[:2] == (ds, seg) and k[3] == 0.0 and k[4] == dfn and k[2] in (atk, _ident({"name": "none"}))),
+                key=lambda k: groups[k].attack.get("name") != "none",
+            )
+            if at_zero:
+                clean = _clean_for(groups[at_zero[0]], groups)
+                defended = rows_by_group[at_zero[0]]["dice"]
+                if clean is not None and defended is not None:
+                    clean_cost = _round(rows_by_group[_key_of(clean, groups)]["dice"] - defended)
             aurocs = [r["auroc"] for r in recovered if r["auroc"] is not None]
             aps = [r["ap"] for r in recovered if r["ap"] is not None]
             gains = [r["recovered"] for r in recovered if r["recovered"] is not None and r["rate"] > 0]
