@@ -1,0 +1,65 @@
+"""``bench leaderboard verify``: a real tiny sweep, exported, added, re-run here and compared."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from benchmark.cli import main
+from leaderboard import Board
+from leaderboard.verify import cell_sweep, choose_cells
+
+
+def test_cell_sweep_round_trips_a_cell_config(bundle):
+    from benchmark import validate_config
+
+    cell = bundle["cells"][0]["config"]
+    sweep = cell_sweep({**cell, "segmenter": {"name": "unet"}, "attack": {"name": "none"}, "defense": {"name": "none"}, "rate": 0.0})
+    config = validate_config(sweep)
+    assert config.seeds == [cell["seed"]] and config.attacks[0][1] == [0.0] and config.device == "cpu"
+
+
+def test_choose_cells_is_reproducible(bundle):
+    from leaderboard.board import Entry
+
+    entry = Entry("e", None, bundle, "", None)
+    assert choose_cells(entry) == choose_cells(entry)
+    assert len(choose_cells(entry, "all")) == 16
+    assert choose_cells(entry, bundle["cells"][5]["key"][:6])[0]["key"] == bundle["cells"][5]["key"]
+    with pytest.raises(Exception, match="no cell"):
+        choose_cells(entry, "ffffffffff")
+
+
+@pytest.mark.slow
+def test_verify_marks_a_matching_entry_verified_and_a_doctored_one_not(tiny_config, write_config, tmp_path, capsys, helpers):
+    out, board, site = tmp_path / "out", tmp_path / "board", tmp_path / "site"
+    assert main(["run", str(write_config(tiny_config)), "--out", str(out), "--quiet"]) == 0
+    sub = tmp_path / "sub.json"
+    assert main(["export", "--out", str(out), "--to", str(sub), "--name", "Honest"]) == 0
+    assert main(["leaderboard", "add", str(sub), "--board", str(board)]) == 0
+    bundle = json.loads(sub.read_text())
+    entry_id = f"honest-{bundle['digest'][:12]}"
+
+    # a doctored copy: better Dice than it really got, aggregates and digest recomputed so it passes 'add'
+    doctored = copy.deepcopy(bundle)
+    doctored["submitter"]["name"] = "Doctored"
+    for case in doctored["cells"][0]["cases"]:
+        case["dice"] = min(1.0, case["dice"] + 0.2)
+    doctored = helpers.reseal(doctored, recompute_aggregates=True)
+    assert main(["leaderboard", "add", str(helpers.dump(doctored, tmp_path / "doc.json")), "--board", str(board)]) == 0
+    capsys.readouterr()
+
+    assert main(["leaderboard", "verify", entry_id, "--board", str(board)]) == 0
+    assert "verified" in capsys.readouterr().out
+    record = Board(board).get(entry_id).verification
+    assert record["status"] == "verified" and record["cells"][0]["same_key"] and record["cells"][0]["max_abs_dice_diff"] <= 1e-3
+
+    assert main(["leaderboard", "verify", f"doctored-{doctored['digest'][:12]}", "--board", str(board)]) == 1
+    assert "mismatch" in capsys.readouterr().out
+    assert Board(board).get(f"doctored-{doctored['digest'][:12]}").verification["cells"][0]["max_abs_dice_diff"] == pytest.approx(0.2, abs=1e-6)
+
+    assert main(["leaderboard", "build", "--board", str(board), "--out", str(site)]) == 0
+    statuses = {e["name"]: e["status"] for e in json.loads((site / "leaderboard.json").read_text())["entries"]}
+    assert statuses == {"Honest": "verified", "Doctored": "self-reported"}
