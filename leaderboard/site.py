@@ -138,7 +138,8 @@ def _figure(row: dict[str, Any], points: list[tuple[float, dict[str, Any]]], pat
     ax.set_xlim(min(rates) - 0.02, max(rates) + 0.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    ax.set_title(f"{row['segmenter']} | {row['attack']}"[:70], fontsize=8)
+    title = f"{row['segmenter'].split(' (')[0]} | {row['attack']}"
+    ax.set_title(title if len(title) <= 60 else title[:57] + "...", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)
