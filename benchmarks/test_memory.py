@@ -18,6 +18,11 @@ Not part of the default test run (``testpaths = ["tests"]``). Run::
     POISONBENCH_MEMORY_CASES=60 nice -n 5 pytest benchmarks/test_memory.py -s
 
 The cache of N cases takes about N × 120 MB of disk (``slices: all``).
+
+Measured on the 2-core, 24 GB development machine (CPU, shared): 30 cases, 3,930 slices of
+240 × 240 × 4, cache 3.58 GiB: peak RSS 0.92 GiB, peak anonymous 0.80 GiB, load 313 s,
+4 training steps 12 s; 3 cases (0.36 GiB cache): the same peak RSS, 0.92 GiB. The peak is
+one case being read, not the data set.
 """
 
 from __future__ import annotations
