@@ -164,6 +164,9 @@ class CellRunner:
         expected = (len(images), *images.shape[2:])
         if pred.shape != expected:
             raise PluginError(f"segmenter '{cell.segmenter.name}': predict() returned shape {pred.shape}; expected {expected}.")
+        if not np.isin(pred, (0, 1)).all():
+            bad = pred[~np.isin(pred, (0, 1))][:3].tolist()
+            raise PluginError(f"segmenter '{cell.segmenter.name}': predict() must return 0/1 masks; got values such as {bad}.")
         truth = region_mask(self.val.labels, cell.task.target)
         metrics = case_metrics(pred > 0, truth, self.val.case_ids)
         if not np.isfinite(metrics[list(METRICS)].to_numpy()).all():
