@@ -101,7 +101,7 @@ class CellRunner:
         self.val = self.data.subset(self.split.val)
         self.trusted = self.data.subset(self.split.trusted) if self.split.trusted else None
         self.attackable = self.data.subset(self.split.attackable) if self.split.trusted else self.train
-        self._environment = environment(self.device)
+        self._environment = {**environment(self.device), "dataset_fingerprint": self.fingerprint}
 
     def context(self, cell: Cell) -> RunContext:
         return RunContext(

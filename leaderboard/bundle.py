@@ -167,7 +167,7 @@ def export_bundle(
         "device": env.get("device"),
         "gpu": env.get("gpu"),
         "git_commit": env.get("git_commit") or benchmark.git_commit(),
-        "dataset_fingerprint": _dataset_fingerprint(config["dataset"]),
+        "dataset_fingerprint": env.get("dataset_fingerprint") or _dataset_fingerprint(config["dataset"]),
         "cell_keys": [c["key"] for c in cells],
         "failed_cells": int((runs["status"] != "finished").sum()),
         "run_started": _iso(float(finished["started_at"].min())),
