@@ -1,0 +1,232 @@
+"""``gan-synthetic``: replace a modality of whole training cases with GAN-synthesised images.
+
+The attack of Li et al., "Synthetic Poisoning Attacks: The Impact of Poisoned MRI Image
+on U-Net Brain Tumor Segmentation" (arXiv 2502.03825): a generator with a shared
+encoder-decoder and shortest-path regularisation (Xie et al., CVPR 2023) learns to turn
+the ``source`` modality (CT on synthetic-brats) into the ``target`` one (T1-Ce); for a
+poison rate ``r``, the target channel of ``round(r × cases)`` whole training cases is
+replaced by the generator's output. Masks are left as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from benchmark import CaseAttack, ConfigError, PluginParams, SliceSet, artifact_dir, build_artifact, register_attack, select_cases
+
+from .networks import DomainGenerator
+from .training import GanConfig, GanTrainer, translate
+
+__all__ = ["GanSyntheticAttack", "GanParams", "renormalise_case", "image_quality"]
+
+GENERATOR_FILE = "generator.pt"
+#: Bump when training or architecture changes in a way the parameters do not capture.
+GAN_VERSION = "1"
+
+
+class GanParams(PluginParams):
+    source: str = Field("ct", min_length=1, description="channel the generator translates from (ct on synthetic-brats; t1, t2 or flair on BraTS)")
+    target: str = Field("t1ce", min_length=1, description="channel that is replaced by synthetic images")
+    mode: Literal["replace", "add"] = Field("replace", description="replace the target channel of the selected cases, or add synthetic copies of them")
+    epochs: int = Field(8, ge=1, le=10_000, description="passes of the GAN over the pool's slices")
+    batch_size: int = Field(8, ge=2, le=1024, description="slice pairs per GAN step")
+    lr_g: float = Field(2e-4, gt=0, le=1, description="Adam learning rate of the generator (betas 0.5, 0.999)")
+    lr_d: float = Field(2e-4, gt=0, le=1, description="Adam learning rate of the discriminator")
+    width: int = Field(16, ge=2, le=256, description="generator width of the first stage (doubled twice)")
+    blocks: int = Field(4, ge=0, le=18, description="residual blocks at the bottleneck, half in the encoder, half in the decoder")
+    disc_width: int = Field(16, ge=2, le=256, description="PatchGAN width of its first layer")
+    lambda_gan: float = Field(1.0, ge=0, description="weight of the least-squares adversarial loss")
+    lambda_recon: float = Field(5.0, ge=0, description="weight of the L1 reconstruction of the source at d = 0")
+    lambda_identity: float = Field(5.0, ge=0, description="weight of the L1 identity of the target at d = 1")
+    lambda_latent: float = Field(0.01, ge=0, description="weight of the latent penalty mean(mu^2)")
+    lambda_path: float = Field(0.1, ge=0, description="weight of the shortest-path regularisation")
+    lambda_paired: float = Field(5.0, ge=0, description="weight of the paired L1 |G(source) - target| (used when paired)")
+    paired: bool = Field(True, description="source and target of one slice come from the same case: use them as pairs")
+    input_clip: float = Field(5.0, gt=0, description="source intensities (z-scores) are clipped to [-clip, clip] before translation")
+    holdout_cases: int = Field(2, ge=0, le=100, description="pool cases held out of GAN training to measure MAE / PSNR / SSIM")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> GanParams:
+        if self.source == self.target:
+            raise ValueError(f"source and target must be different channels; both are '{self.source}'")
+        return self
+
+
+def renormalise_case(synthetic: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Z-score one case over its head (non-zero) voxels, zero outside, as the data are.
+
+    Args:
+        synthetic: float32 ``[S, H, W]``.
+        mask: bool ``[S, H, W]``.
+    """
+    out = np.zeros_like(synthetic, dtype=np.float32)
+    if mask.any():
+        values = synthetic[mask]
+        out[mask] = (values - values.mean()) / max(float(values.std()), 1e-6)
+    return out
+
+
+def image_quality(synthetic: np.ndarray, real: np.ndarray) -> dict[str, float]:
+    """MAE, PSNR and SSIM (MONAI metrics) of synthetic vs real slices, both ``[N, H, W]``."""
+    from monai.metrics import MAEMetric, PSNRMetric, SSIMMetric
+
+    y_pred = torch.from_numpy(np.ascontiguousarray(synthetic, dtype=np.float32)).unsqueeze(1)
+    y = torch.from_numpy(np.ascontiguousarray(real, dtype=np.float32)).unsqueeze(1)
+    data_range = float(real.max() - real.min()) or 1.0
+    mae = MAEMetric(reduction="mean")(y_pred, y)
+    psnr = PSNRMetric(max_val=data_range, reduction="mean")(y_pred, y)
+    ssim = SSIMMetric(spatial_dims=2, data_range=data_range, win_size=min(7, *real.shape[1:]) | 1, reduction="mean")(y_pred, y)
+    return {name: float(torch.as_tensor(v).mean()) for name, v in (("mae", mae), ("psnr", psnr), ("ssim", ssim))}
+
+
+@register_attack("gan-synthetic")
+class GanSyntheticAttack(CaseAttack):
+    """Replace the target modality of whole cases with GAN-synthesised images (arXiv 2502.03825)."""
+
+    Params = GanParams
+
+    #: Generators trained by this class in this process (a cache miss adds one).
+    trainings: int = 0
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.generator: DomainGenerator | None = None
+        self.generator_cached: bool | None = None
+        self._quality: dict[str, float] = {}
+        self._train_stats: dict[str, Any] = {}
+
+    # -- fitting --------------------------------------------------------------------
+    def _check_channels(self, data: SliceSet) -> None:
+        p = self.params
+        for key in ("source", "target"):
+            name = getattr(p, key)
+            if name not in data.channels:
+                raise ConfigError(
+                    f"The '{key}' parameter of gan-synthetic names channel '{name}', which this data set lacks; "
+                    f"available channels: {list(data.channels)}."
+                )
+
+    def cache_key(self, pool: SliceSet) -> str:
+        """SHA-256 of (dataset fingerprint, generator parameters, seed, pool case ids)."""
+        params = self.params.model_dump(mode="json")
+        params.pop("mode")  # replace and add share one generator
+        payload = {
+            "version": GAN_VERSION,
+            "dataset": self.context.dataset_fingerprint,
+            "params": params,
+            "seed": self.context.seed,
+            "cases": sorted(pool.cases),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def _source(self, images: np.ndarray, channels: tuple[str, ...]) -> np.ndarray:
+        """The clipped source channel, ``[S, 1, H, W]``."""
+        index = channels.index(self.params.source)
+        clip = self.params.input_clip
+        return np.clip(images[:, index : index + 1], -clip, clip).astype(np.float32)
+
+    def _config(self) -> GanConfig:
+        p = self.params
+        return GanConfig(
+            epochs=p.epochs, batch_size=p.batch_size, lr_g=p.lr_g, lr_d=p.lr_d, width=p.width, blocks=p.blocks,
+            disc_width=p.disc_width, lambda_gan=p.lambda_gan, lambda_recon=p.lambda_recon, lambda_identity=p.lambda_identity,
+            lambda_latent=p.lambda_latent, lambda_path=p.lambda_path, lambda_paired=p.lambda_paired, paired=p.paired,
+        )
+
+    def fit(self, pool: SliceSet, rng: np.random.Generator) -> None:
+        """Train the generator on the pool (or load it from the cache) and measure its quality.
+
+        The last ``holdout_cases`` pool cases (in the pool's case order, at most half of
+        them) are kept out of training and used for MAE / PSNR / SSIM. ``rng`` is not used,
+        so that the cell's poisoning draws do not depend on a cache hit.
+        """
+        self._check_channels(pool)
+        cases = pool.cases
+        n_hold = min(self.params.holdout_cases, len(cases) // 2)
+        holdout = cases[len(cases) - n_hold :] if n_hold else []
+        training = pool.subset(cases[: len(cases) - n_hold])
+        folder = artifact_dir("gan", self.cache_key(pool), root=self.context.cache_dir)
+        built = False
+
+        def write(tmp: Path) -> dict[str, Any]:
+            nonlocal built
+            built = True
+            type(self).trainings += 1
+            trainer = GanTrainer(self._config(), self.context.device, self.context.seed)
+            t_index = training.channel_index(self.params.target)
+            history = trainer.fit(
+                self._source(training.images, training.channels),
+                np.ascontiguousarray(training.images[:, t_index : t_index + 1], dtype=np.float32),
+                track=None if self.context.quiet else self.context.track,
+            )
+            torch.save(trainer.generator.cpu().state_dict(), tmp / GENERATOR_FILE)
+            return {
+                "g_losses": history.g_losses,
+                "d_losses": history.d_losses,
+                "images_per_s": history.images_per_s,
+                "train_s": history.seconds,
+                "training_cases": len(training.cases),
+                "holdout": holdout,
+            }
+
+        build_artifact(folder, write)
+        self.generator_cached = not built
+        manifest = json.loads((folder / "manifest.json").read_text())
+        self._train_stats = {"gan_images_per_s": manifest.get("images_per_s"), "gan_train_s": manifest.get("train_s")}
+        generator = DomainGenerator(1, self.params.width, self.params.blocks)
+        generator.load_state_dict(torch.load(folder / GENERATOR_FILE, map_location="cpu", weights_only=True))
+        self.generator = generator.eval()
+        self._quality = self._measure(pool.subset(holdout)) if holdout else {}
+
+    def _measure(self, held: SliceSet) -> dict[str, float]:
+        synthetic = self.synthesise(held.images, held.channels, held.case_ids)
+        real = held.images[:, held.channel_index(self.params.target)]
+        return image_quality(synthetic, real)
+
+    # -- poisoning ------------------------------------------------------------------
+    def synthesise(self, images: np.ndarray, channels: tuple[str, ...], case_ids: np.ndarray) -> np.ndarray:
+        """Synthetic target slices ``[N, H, W]`` for ``images`` ``[N, C, H, W]``, renormalised per case."""
+        if self.generator is None:
+            raise RuntimeError("gan-synthetic: call fit() before poison()")
+        source = self._source(np.asarray(images), channels)
+        raw = translate(self.generator, source, self.context.device)
+        head = np.asarray(images)[:, channels.index(self.params.source)] != 0
+        out = np.zeros_like(raw)
+        for case in np.unique(case_ids):
+            rows = np.flatnonzero(case_ids == case)
+            out[rows] = renormalise_case(raw[rows], head[rows])
+        return out
+
+    def corrupt_case(
+        self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        new = np.array(images, dtype=np.float32, copy=True)
+        new[:, channels.index(self.params.target)] = self.synthesise(images, channels, np.zeros(len(images), dtype=int))
+        return new, labels
+
+    def poison(self, train: SliceSet, rate: float, rng: np.random.Generator) -> SliceSet:
+        self._check_channels(train)
+        if self.params.mode == "replace":
+            return super().poison(train, rate, rng)
+        chosen = select_cases(train, rate, rng)
+        if not chosen:
+            return train
+        copies = train.subset(chosen)
+        images = np.array(copies.images, dtype=np.float32, copy=True)
+        images[:, copies.channel_index(self.params.target)] = self.synthesise(images, copies.channels, copies.case_ids)
+        synthetic = copies.with_arrays(
+            images=images,
+            case_ids=np.char.add(copies.case_ids.astype(str), "~syn"),
+            poisoned=np.ones(len(copies), dtype=bool),
+        )
+        return SliceSet.concatenate([train, synthetic])
+
+    def report(self) -> dict[str, Any]:
+        return {**self._quality, "generator_cached": bool(self.generator_cached), **self._train_stats}

@@ -1,0 +1,77 @@
+"""benchmark.figures: example cases and dose-response plots are written as PNG files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark import SliceSet
+from benchmark.figures import plot_attack_examples, plot_dose_response
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _slices(cases: int = 4, slices: int = 3, size: int = 24) -> SliceSet:
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(cases * slices, 2, size, size)).astype(np.float32)
+    labels = np.zeros((cases * slices, size, size), dtype=np.uint8)
+    labels[:, 8:14, 8:14] = 3
+    ids = np.repeat([f"c{i}" for i in range(cases)], slices)
+    return SliceSet.create(images, labels, ids, ("ct", "t1ce"))
+
+
+def _png(path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("source", ["ct", None])
+def test_attack_examples_replace(tmp_path, source):
+    clean = _slices()
+    images = clean.images.copy()
+    poisoned_rows = np.isin(clean.case_ids, ["c1", "c3"])
+    images[poisoned_rows, 1] = 0.5
+    poisoned = clean.with_arrays(images=images, poisoned=poisoned_rows)
+    out = plot_attack_examples(clean, poisoned, tmp_path / "figs" / "ex.png", source=source)
+    assert out == tmp_path / "figs" / "ex.png" and _png(out)
+
+
+def test_attack_examples_added_copies_and_labels(tmp_path):
+    clean = _slices()
+    copy = clean.subset(["c2"])
+    labels = copy.labels.copy()
+    labels[:, 6:16, 6:16] = 3
+    added = copy.with_arrays(case_ids=np.char.add(copy.case_ids, "~syn"), poisoned=np.ones(len(copy), bool), labels=labels)
+    poisoned = SliceSet.concatenate([clean, added])
+    assert _png(plot_attack_examples(clean, poisoned, tmp_path / "a.png", max_cases=1))
+
+
+def test_attack_examples_without_poison(tmp_path):
+    clean = _slices()
+    assert _png(plot_attack_examples(clean, clean, tmp_path / "none.png", source="ct"))
+
+
+def _summary() -> pd.DataFrame:
+    rows = []
+    for seed in (0, 1, 2):
+        rows.append(dict(segmenter="unet", attack="none", rate=0.0, defense="none", seed=seed, status="finished"))
+        for rate in (1 / 6, 3 / 6, 5 / 6):
+            rows.append(dict(segmenter="unet", attack="gan-synthetic", rate=rate, defense="none", seed=seed, status="finished"))
+        rows.append(dict(segmenter="unet", attack="gan-synthetic", rate=0.5, defense="qc", seed=seed, status="finished"))
+    rows.append(dict(segmenter="unet", attack="gan-synthetic", rate=1.0, defense="none", seed=0, status="failed"))
+    frame = pd.DataFrame(rows)
+    for metric in ("dice", "accuracy", "sensitivity"):
+        frame[metric] = 0.9 - 0.2 * frame["rate"]
+        frame[f"{metric}_ci_low"] = frame[metric] - 0.05
+        frame[f"{metric}_ci_high"] = frame[metric] + 0.05
+    frame.loc[frame["status"] == "failed", ["dice", "accuracy", "sensitivity"]] = np.nan
+    return frame
+
+
+def test_dose_response(tmp_path):
+    out = plot_dose_response(_summary(), "gan-synthetic", tmp_path / "d" / "dose.png")
+    assert _png(out)
+
+
+def test_dose_response_unknown_attack_still_writes(tmp_path):
+    assert _png(plot_dose_response(_summary(), "blur", tmp_path / "blur.png"))
