@@ -47,6 +47,7 @@ class WorkerSpec:
     predictions_dir: str | None
     threads: int | None = None
     plugin_modules: tuple[str, ...] = ()
+    figures_dir: str | None = None
 
 
 _WORKER_STATE: dict[str, Any] = {}
@@ -73,6 +74,7 @@ def _worker_runner(spec: WorkerSpec):
         runner = CellRunner(
             data, split, spec.device, plan.fingerprint, Path(spec.cache_dir), True, None,
             Path(spec.predictions_dir) if spec.predictions_dir else None,
+            Path(spec.figures_dir) if spec.figures_dir else None,
         )
         _WORKER_STATE.update(ident=ident, runner=runner, cells={cell.key: cell for cell in plan.cells})
     return _WORKER_STATE["runner"], _WORKER_STATE["cells"]

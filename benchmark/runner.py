@@ -85,6 +85,7 @@ class CellRunner:
         quiet: suppress progress output.
         progress: progress wrapper for epochs and other long loops.
         predictions_dir: where to write predicted masks as NIfTI, or None.
+        figures_dir: where to draw example poisoned cases once per attack, or None.
     """
 
     data: SliceSet
@@ -95,6 +96,7 @@ class CellRunner:
     quiet: bool = True
     progress: Callable[..., Iterable[Any]] | None = None
     predictions_dir: Path | None = None
+    figures_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.train = self.data.subset(self.split.train)
@@ -142,6 +144,8 @@ class CellRunner:
         attack.fit(pool, attack_rng)
         poisoned = _check_sliceset(attack.poison(pool, cell.rate, attack_rng), f"attack '{cell.attack.name}'", pool, "poison()")
         record.attack_report = {"poisoned_cases": len(poisoned.poisoned_cases()), **attack.report()}
+        if self.figures_dir is not None and record.attack_report["poisoned_cases"]:
+            self._draw_examples(cell.attack.name, pool, poisoned, getattr(attack.params, "source", None))
         train = SliceSet.concatenate([self.trusted, poisoned]) if self.trusted is not None else poisoned
         timings["attack_s"] = time.perf_counter() - clock
 
@@ -175,6 +179,17 @@ class CellRunner:
         timings["predict_s"] = time.perf_counter() - clock
         if self.predictions_dir is not None:
             save_predictions(self.predictions_dir / cell.key, pred, self.val.case_ids)
+
+    def _draw_examples(self, attack: str, clean: SliceSet, poisoned: SliceSet, source: str | None) -> None:
+        from .figures import plot_attack_examples
+
+        path = self.figures_dir / f"{_safe_name(attack)}-examples.png"
+        if path.exists():
+            return
+        try:
+            plot_attack_examples(clean, poisoned, path, source=source if source in clean.channels else None)
+        except Exception as exc:  # a figure is a courtesy; it must not fail the cell
+            logger.warning("could not draw %s: %s", path, exc)
 
     def _defend(self, cell: Cell, context: RunContext, train: SliceSet) -> tuple[SliceSet, dict[str, Any]]:
         if cell.defense.name == "none":

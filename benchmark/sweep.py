@@ -84,6 +84,20 @@ def _tracker(progress: Progress | None):
     return track
 
 
+def _draw_dose_response(summary: pd.DataFrame, folder: Path) -> None:
+    """One dose-response figure per attack swept over more than one rate."""
+    from .figures import plot_dose_response
+
+    finished = summary[summary["status"] == FINISHED]
+    for attack, rows in finished.groupby("attack"):
+        if attack == "none" or rows["rate"].nunique() < 2:
+            continue
+        try:
+            plot_dose_response(summary, str(attack), folder / f"{attack}-dose-response.png")
+        except Exception as exc:  # a figure is a courtesy; it must not fail the sweep
+            logger.warning("could not draw the dose-response of %s: %s", attack, exc)
+
+
 def run_sweep(
     config: SweepConfig,
     out: str | Path | None = None,
@@ -122,11 +136,14 @@ def run_sweep(
                 predictions = out_dir / "predictions" if save_predictions else None
                 spec = WorkerSpec(
                     config.resolved(), device, str(cache_root()), str(predictions) if predictions else None,
-                    plugin_modules=plugin_modules(config),
+                    plugin_modules=plugin_modules(config), figures_dir=str(out_dir / "figures"),
                 )
 
                 local = config.executor.name == "local"
-                runner = CellRunner(data, split, device, plan.fingerprint, cache_root(), quiet, track, predictions) if local else None
+                runner = (
+                    CellRunner(data, split, device, plan.fingerprint, cache_root(), quiet, track, predictions, out_dir / "figures")
+                    if local else None
+                )
 
                 def announce(cell: Cell) -> None:
                     if not quiet:
@@ -147,6 +164,8 @@ def run_sweep(
             console.print(f"all {len(plan.cells)} cells already finished in {out_dir}; nothing to run (use --force to rerun).")
         write_sweep_tables(store, out_dir, keys)
         summary = summary_frame(store, keys)
+        if ran:
+            _draw_dose_response(summary, out_dir / "figures")
     if not quiet:
         print_summary(summary, console)
     incomplete = lost or (summary["status"] != FINISHED).any() or len(summary) < len(keys)
