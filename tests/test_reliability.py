@@ -230,3 +230,20 @@ def test_loaded_cache_is_memory_mapped(tmp_path, monkeypatch):
     cached_sliceset("datasets", "mm", _tiny_sliceset)
     loaded = load_sliceset(artifact_dir("datasets", "mm"))
     assert isinstance(loaded.images, np.memmap)
+
+
+def test_large_artifacts_are_verified_by_sampled_digest(tmp_path, monkeypatch, caplog):
+    import benchmark.cache as cache
+
+    monkeypatch.setattr(cache, "FULL_HASH_LIMIT", 0)  # treat every file as large
+    monkeypatch.setenv("POISONBENCH_CACHE", str(tmp_path))
+    builds = []
+    cached_sliceset("datasets", "big", lambda: builds.append(1) or _tiny_sliceset())
+    images = artifact_dir("datasets", "big") / "images.npy"
+    assert "sample_sha256" in (artifact_dir("datasets", "big") / "manifest.json").read_text()
+    data = bytearray(images.read_bytes())
+    data[200] ^= 0xFF  # inside the first sampled block
+    images.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        cached_sliceset("datasets", "big", lambda: builds.append(1) or _tiny_sliceset())
+    assert len(builds) == 2 and "sampled" in caplog.text
