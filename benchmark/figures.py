@@ -92,8 +92,9 @@ def plot_attack_examples(clean: SliceSet, poisoned: SliceSet, path: Path, source
             ax = axes[row][col]
             if image is not None:
                 kwargs = {"vmin": limits[0], "vmax": limits[1]} if limits else {}
-                if limits is None:
-                    lo, hi = np.percentile(image, [1, 99])
+                if limits is None:  # the source: scale to its head voxels, bone (CT) saturating
+                    values = image[image != 0] if (image != 0).any() else image.ravel()
+                    lo, hi = np.percentile(values, [1, 90])
                     kwargs = {"vmin": lo, "vmax": hi}
                 ax.imshow(image, cmap="gray", **kwargs)
             ax.set_title(f"{case}: {title}" if col == 0 else title, fontsize=8)

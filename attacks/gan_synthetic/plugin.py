@@ -35,7 +35,7 @@ class GanParams(PluginParams):
     source: str = Field("ct", min_length=1, description="channel the generator translates from (ct on synthetic-brats; t1, t2 or flair on BraTS)")
     target: str = Field("t1ce", min_length=1, description="channel that is replaced by synthetic images")
     mode: Literal["replace", "add"] = Field("replace", description="replace the target channel of the selected cases, or add synthetic copies of them")
-    epochs: int = Field(8, ge=1, le=10_000, description="passes of the GAN over the pool's slices")
+    epochs: int = Field(3, ge=1, le=10_000, description="passes of the GAN over the pool's slices")
     batch_size: int = Field(8, ge=2, le=1024, description="slice pairs per GAN step")
     lr_g: float = Field(2e-4, gt=0, le=1, description="Adam learning rate of the generator (betas 0.5, 0.999)")
     lr_d: float = Field(2e-4, gt=0, le=1, description="Adam learning rate of the discriminator")
@@ -49,6 +49,7 @@ class GanParams(PluginParams):
     lambda_path: float = Field(0.1, ge=0, description="weight of the shortest-path regularisation")
     lambda_paired: float = Field(5.0, ge=0, description="weight of the paired L1 |G(source) - target| (used when paired)")
     paired: bool = Field(True, description="source and target of one slice come from the same case: use them as pairs")
+    crop: int = Field(64, ge=0, le=1024, description="train on random square crops of this size (0: whole slices); the generator translates whole slices")
     input_clip: float = Field(5.0, gt=0, description="source intensities (z-scores) are clipped to [-clip, clip] before translation")
     holdout_cases: int = Field(2, ge=0, le=100, description="pool cases held out of GAN training to measure MAE / PSNR / SSIM")
 
@@ -137,7 +138,7 @@ class GanSyntheticAttack(CaseAttack):
         return GanConfig(
             epochs=p.epochs, batch_size=p.batch_size, lr_g=p.lr_g, lr_d=p.lr_d, width=p.width, blocks=p.blocks,
             disc_width=p.disc_width, lambda_gan=p.lambda_gan, lambda_recon=p.lambda_recon, lambda_identity=p.lambda_identity,
-            lambda_latent=p.lambda_latent, lambda_path=p.lambda_path, lambda_paired=p.lambda_paired, paired=p.paired,
+            lambda_latent=p.lambda_latent, lambda_path=p.lambda_path, lambda_paired=p.lambda_paired, paired=p.paired, crop=p.crop,
         )
 
     def fit(self, pool: SliceSet, rng: np.random.Generator) -> None:

@@ -33,7 +33,7 @@ __all__ = ["GanConfig", "GanHistory", "GanTrainer", "translate"]
 class GanConfig:
     """Hyper-parameters of `GanTrainer` (the plugin fills them from its parameters)."""
 
-    epochs: int = 8
+    epochs: int = 3
     batch_size: int = 8
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -48,6 +48,7 @@ class GanConfig:
     lambda_paired: float = 5.0
     paired: bool = True
     latent_noise: float = 1.0
+    crop: int = 0
 
 
 @dataclass
@@ -147,6 +148,7 @@ class GanTrainer:
         Args:
             source: float32 ``[N, 1, H, W]`` (already clipped).
             target: float32 ``[N, 1, H, W]``; row ``i`` pairs with ``source[i]`` when ``paired``.
+                With ``crop``, each batch is cut to one random ``crop × crop`` window.
             track: progress wrapper ``track(iterable, description, total)``.
 
         Returns:
@@ -173,7 +175,12 @@ class GanTrainer:
                 ia, ib = order[start : start + c.batch_size], other[start : start + c.batch_size]
                 if len(ia) < 2:
                     continue
-                g_loss, d_loss = self.step(a_all[ia], b_all[ib])
+                a, b = a_all[ia], b_all[ib]
+                if 0 < c.crop < min(a.shape[-2:]):  # one random window per batch, the same for a and b
+                    top, left = (int(torch.randint(0, dim - c.crop + 1, (1,), generator=self.rng, device=self.device)) for dim in a.shape[-2:])
+                    a = a[..., top : top + c.crop, left : left + c.crop]
+                    b = b[..., top : top + c.crop, left : left + c.crop]
+                g_loss, d_loss = self.step(a, b)
                 g_sum += g_loss.float()
                 d_sum += d_loss.float()
                 steps += 1
