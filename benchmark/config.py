@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
 from .errors import ConfigError
 from .registry import Registry
-from .regions import REGIONS
 from .validation import validation_messages
 
 __all__ = [

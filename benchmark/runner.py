@@ -16,14 +16,14 @@ from .cache import cache_root
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
 from .config import Cell, SweepConfig, expand_cells
 from .detection import detection_stats
-from .environment import environment, package_version, resolve_device
-from .errors import ConfigError, DataError, PluginError
+from .environment import environment, package_version
+from .errors import PluginError
 from .metrics import METRICS, case_metrics
 from .plugins import Attack, DatasetSource, Defense, RunContext, Segmenter
 from .regions import region_mask
 from .sliceset import SliceSet
 from .splitting import Split, split_cases
-from .store import FAILED, FINISHED, CellRecord, ResultStore
+from .store import FAILED, FINISHED, CellRecord
 
 __all__ = ["CellRunner", "SweepPlan", "plan_sweep", "run_cell", "seed_everything"]
 

@@ -6,11 +6,9 @@ import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
 
 import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .cache import cache_root
 from .config import Cell, SweepConfig
@@ -20,6 +18,7 @@ from .executors import WorkerSpec, create_executor, plugin_modules
 from .locking import OutputLock
 from .outputs import write_sweep_tables
 from .plugins import RunContext
+from .progress import make_progress, tracker
 from .report import print_summary, summary_frame
 from .runner import CellRunner, plan_sweep
 from .splitting import split_cases
@@ -50,38 +49,6 @@ def check_task_channels(config: SweepConfig, channels: tuple[str, ...]) -> None:
             [f"task.inputs[{i}]: channel '{c}' is not in data set '{config.dataset.name}', which has {list(channels)}." for i, c in missing],
             source=config.source,
         )
-
-
-def _progress(console: Console, quiet: bool) -> Progress | None:
-    if quiet:
-        return None
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def _tracker(progress: Progress | None):
-    def track(iterable: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
-        if progress is None:
-            yield from iterable
-            return
-        if total is None and hasattr(iterable, "__len__"):
-            total = len(iterable)  # type: ignore[arg-type]
-        task = progress.add_task(description, total=total)
-        try:
-            for item in iterable:
-                yield item
-                progress.advance(task)
-        finally:
-            progress.remove_task(task)
-
-    return track
 
 
 def _draw_dose_response(summary: pd.DataFrame, folder: Path) -> None:
@@ -126,8 +93,8 @@ def run_sweep(
         lost: list[str] = []
         if todo:
             device = resolve_device(config.device)
-            progress = _progress(console, quiet)
-            track = _tracker(progress)
+            progress = make_progress(console, quiet)
+            track = tracker(progress)
             with progress if progress is not None else nullcontext():
                 plan.source.bind(RunContext(quiet=quiet, progress=track))
                 data = plan.source.load()  # builds the cache that workers read

@@ -24,7 +24,7 @@ def _monai_reference(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 @pytest.mark.parametrize("seed", range(5))
 def test_metrics_match_monai_on_random_masks(seed):
     rng = np.random.default_rng(seed)
-    slices, case_ids = [], []
+    case_ids = []
     truths, preds = [], []
     for case in range(3):
         n = rng.integers(2, 5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, Attack, DatasetSource, Defense, Segmenter
+from benchmark import Attack, DatasetSource, Defense, Segmenter
 from benchmark.catalog import REGISTRIES
 from benchmark.cli import main
 

@@ -41,29 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _progress_context(quiet: bool):
-    """A rich progress display on stderr (or None when quiet) and a track function using it."""
+    """A transient progress display on stderr (a no-op unless on a terminal) and a context using it."""
     from contextlib import nullcontext
 
     from ..plugins import RunContext
+    from ..progress import make_progress, tracker
 
     console = Console(stderr=True)
     if quiet or not console.is_terminal:
         return nullcontext(), RunContext(quiet=True)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True)
-
-    def track(iterable, description, total=None):
-        task = progress.add_task(description, total=total)
-        try:
-            for item in iterable:
-                yield item
-                progress.advance(task)
-        finally:
-            progress.remove_task(task)
-
-    return progress, RunContext(quiet=False, progress=track)
+    progress = make_progress(console, quiet=False, transient=True)
+    return progress, RunContext(quiet=False, progress=tracker(progress))
 
 
 def _data_summary(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from rich.console import Console
 
-from ..errors import BenchError, ExitCode
+from ..errors import BenchError
 from . import commands, data_commands
 
 __all__ = ["main", "build_parser", "COMMAND_GROUP"]
