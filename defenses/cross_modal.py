@@ -118,7 +118,8 @@ class CrossModalDefense(Defense):
         squared_sum = np.zeros(len(n))
         users = np.zeros(len(n))
         for k, model in enumerate(self.models):
-            use = voxel_fold != k  # a model never scores the trusted cases it was fit on
+            # model k was fit on every trusted fold but k: it scores fold k and the untrusted cases
+            use = (voxel_fold == k) | (voxel_fold < 0)
             squared_sum[use] += (model.predict(features[use]) - y[n[use], h[use], w[use]]) ** 2
             users[use] += 1
         squared = np.zeros(y.shape)

@@ -42,10 +42,20 @@ def signature_scores(representations: np.ndarray, centre_rows: np.ndarray | None
     reps = np.asarray(representations, dtype=np.float64)
     scale = reps.std(axis=0)
     reps = reps / np.where(scale > 1e-12, scale, 1.0)
-    rows = reps if centre_rows is None or not np.any(centre_rows) else reps[centre_rows]
-    centred = reps - rows.mean(axis=0)
+    if centre_rows is None or not np.any(centre_rows):
+        centred = reps - reps.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        return (centred @ vt[0]) ** 2
+    centre_rows = np.asarray(centre_rows, dtype=bool)
+    centred = reps - reps[centre_rows].mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return (centred @ vt[0]) ** 2
+    projection = centred @ vt[0]
+    # a centre row is measured from the mean of the *other* centre rows (leave-one-out), so
+    # that trusted cases' scores are out-of-sample like everyone else's
+    k = int(centre_rows.sum())
+    if k > 1:
+        projection[centre_rows] *= k / (k - 1)
+    return projection**2
 
 
 @register_defense("spectral-signatures")

@@ -137,3 +137,27 @@ def test_invalid_rule_parameters_are_rejected(name):
 def test_trusted_defense_refuses_to_fit_without_trusted_cases(name):
     with pytest.raises(ValueError, match="trusted"):
         _defense(name).fit(None)
+
+
+def test_cross_modal_scores_trusted_cases_only_with_the_model_that_never_saw_them(toy_data):
+    """Out-of-fold scoring: model k (fit without fold k) scores fold k's trusted cases and every untrusted case."""
+    defense = _defense("cross-modal")
+    defense.fit(toy_data["trusted"])
+    seen: list[tuple[int, int]] = []
+
+    class Probe:
+        def __init__(self, k):
+            self.k = k
+
+        def predict(self, features):
+            seen.append((self.k, len(features)))
+            return np.zeros(len(features))
+
+    defense.models = [Probe(k) for k in range(len(defense.models))]
+    train = toy_data["train"]
+    head = np.any(train.images != 0, axis=1)
+    voxels = {case: int(head[train.case_ids == case].sum()) for case in train.cases}
+    defense.residuals(train)
+    for k in range(len(defense.models)):
+        expected = sum(v for case, v in voxels.items() if defense.fold_of.get(case, k) == k)
+        assert (k, expected) in seen
