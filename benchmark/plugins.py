@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ConfigError
 from .sliceset import SliceSet
+from .spill import take_rows
 
 __all__ = [
     "PluginParams",
@@ -147,8 +148,9 @@ class CaseAttack(Attack):
         chosen = select_cases(train, rate, rng)
         if not chosen:
             return train
-        images = np.array(train.images, dtype=np.float32, copy=True)
-        labels = np.array(train.labels, copy=True)
+        everything = np.arange(len(train))
+        images = take_rows(train.images, everything, np.float32)
+        labels = take_rows(train.labels, everything)
         poisoned = np.array(train.poisoned, copy=True)
         for case in chosen:
             index = np.flatnonzero(train.case_ids == case)

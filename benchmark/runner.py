@@ -22,6 +22,7 @@ from .metrics import METRICS, case_metrics
 from .plugins import Attack, DatasetSource, Defense, RunContext, Segmenter
 from .regions import region_mask
 from .sliceset import SliceSet
+from .spill import all_finite, map_rows
 from .splitting import Split, split_cases
 from .store import FAILED, FINISHED, CellRecord
 
@@ -67,7 +68,7 @@ def _check_sliceset(result: Any, plugin: str, reference: SliceSet, what: str) ->
             f"{plugin}: {what} changed the slice shape or channels from {reference.images.shape[1:]} "
             f"{list(reference.channels)} to {result.images.shape[1:]} {list(result.channels)}."
         )
-    if not np.isfinite(np.asarray(result.images)).all():
+    if not all_finite(result.images):
         raise PluginError(f"{plugin}: {what} returned images containing NaN or inf.")
     return result
 
@@ -159,7 +160,8 @@ class CellRunner:
         seed_everything(cell.seed)
         segmenter: Segmenter = create_plugin(SEGMENTERS, cell.segmenter.name, cell.segmenter.params)  # type: ignore[assignment]
         segmenter.bind(context)
-        segmenter.fit(kept.select_channels(cell.task.inputs), region_mask(kept.labels, cell.task.target).astype(np.uint8))
+        masks = map_rows(kept.labels, np.arange(len(kept)), lambda rows: region_mask(rows, cell.task.target), kept.shape, np.uint8)
+        segmenter.fit(kept.select_channels(cell.task.inputs), masks)
         timings["fit_s"] = time.perf_counter() - clock
 
         clock = time.perf_counter()

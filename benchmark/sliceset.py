@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import DataError
+from .spill import concat_rows, map_rows, take_rows
 
 __all__ = ["SliceSet"]
 
@@ -98,8 +99,8 @@ class SliceSet:
         index = np.flatnonzero(keep)
         return replace(
             self,
-            images=np.ascontiguousarray(self.images[index]),
-            labels=self.labels[index],
+            images=take_rows(self.images, index),
+            labels=take_rows(self.labels, index),
             case_ids=self.case_ids[index],
             poisoned=self.poisoned[index],
         )
@@ -107,7 +108,8 @@ class SliceSet:
     def select_channels(self, names: Sequence[str]) -> np.ndarray:
         """Images of the named channels, float32 ``[N, len(names), H, W]``."""
         index = [self.channel_index(n) for n in names]
-        return np.ascontiguousarray(self.images[:, index], dtype=np.float32)
+        rows = np.arange(len(self))
+        return map_rows(self.images, rows, lambda chunk: chunk[:, index], (len(index), *self.shape), np.float32)
 
     def poisoned_cases(self) -> list[str]:
         return sorted({str(c) for c in self.case_ids[self.poisoned]})
@@ -123,8 +125,8 @@ class SliceSet:
             if part.channels != first.channels:
                 raise DataError(f"Cannot join slice sets with channels {first.channels} and {part.channels}.")
         return SliceSet(
-            images=np.concatenate([p.images for p in parts]),
-            labels=np.concatenate([p.labels for p in parts]),
+            images=concat_rows([p.images for p in parts]),
+            labels=concat_rows([p.labels for p in parts]),
             case_ids=np.concatenate([p.case_ids for p in parts]),
             poisoned=np.concatenate([p.poisoned for p in parts]),
             channels=first.channels,

@@ -249,3 +249,18 @@ def test_large_artifacts_are_verified_by_sampled_digest(tmp_path, monkeypatch, c
     with caplog.at_level("WARNING"):
         cached_sliceset("datasets", "big", lambda: builds.append(1) or _tiny_sliceset())
     assert len(builds) == 2 and "sampled" in caplog.text
+
+
+@pytest.mark.slow
+def test_spilled_arrays_give_the_same_results(tiny_config, write_config, tmp_path, monkeypatch):
+    """With every copy forced to a memory-mapped temporary file, a cell's metrics do not change."""
+    from benchmark.spill import SPILL_ENV, allocate
+
+    tiny_config["split"]["trusted"] = 1
+    tiny_config["attacks"] = [{"name": "noise", "rates": [0.5]}]
+    config = write_config(tiny_config)
+    assert main(["run", str(config), "--out", str(tmp_path / "ram"), "--quiet"]) == 0
+    monkeypatch.setenv(SPILL_ENV, "0")
+    assert isinstance(allocate((2, 2), np.float32), np.memmap)
+    assert main(["run", str(config), "--out", str(tmp_path / "spilled"), "--quiet"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ram" / "results.csv"), pd.read_csv(tmp_path / "spilled" / "results.csv"))
