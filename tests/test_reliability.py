@@ -264,3 +264,13 @@ def test_spilled_arrays_give_the_same_results(tiny_config, write_config, tmp_pat
     assert isinstance(allocate((2, 2), np.float32), np.memmap)
     assert main(["run", str(config), "--out", str(tmp_path / "spilled"), "--quiet"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ram" / "results.csv"), pd.read_csv(tmp_path / "spilled" / "results.csv"))
+
+
+@pytest.mark.parametrize("case", ["../../escaped", "/etc/passwd", "..", "a/b\\c"])
+def test_prediction_files_stay_in_their_folder(case, tmp_path):
+    from benchmark.runner import save_predictions
+
+    folder = tmp_path / "predictions" / "cell"
+    save_predictions(folder, np.zeros((2, 4, 4), np.uint8), np.array([case, case]))
+    written = [p for p in tmp_path.rglob("*.nii.gz")]
+    assert len(written) == 1 and written[0].parent == folder
