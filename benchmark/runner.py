@@ -100,10 +100,9 @@ class CellRunner:
     figures_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        self.train = self.data.subset(self.split.train)
         self.val = self.data.subset(self.split.val)
         self.trusted = self.data.subset(self.split.trusted) if self.split.trusted else None
-        self.attackable = self.data.subset(self.split.attackable) if self.split.trusted else self.train
+        self.attackable = self.data.subset(self.split.attackable)
         self._environment = {**environment(self.device), "dataset_fingerprint": self.fingerprint}
 
     def context(self, cell: Cell) -> RunContext:
@@ -135,7 +134,7 @@ class CellRunner:
 
     def _run(self, cell: Cell, record: CellRecord, timings: dict[str, float]) -> None:
         context = self.context(cell)
-        attack_rng, defense_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cell.seed).spawn(2))
+        attack_rng = np.random.default_rng(np.random.SeedSequence(cell.seed).spawn(1)[0])
         seed_everything(cell.seed)
 
         clock = time.perf_counter()
