@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
 from .errors import ConfigError
@@ -69,7 +69,10 @@ class ExecutorConfig(_Strict):
     )
     address: str | None = Field(None, description="ray: cluster address ('auto', 'ray://host:10001'); unset starts a local Ray")
     num_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved per cell")
-    num_gpus: float = Field(0.0, ge=0, description="ray: GPUs per cell; a fraction (0.25) lets cells share a GPU")
+    num_gpus: float = Field(
+        0.0, ge=0, validation_alias=AliasChoices("num_gpus", "gpus_per_cell"),
+        description="ray: GPUs per cell (also spelt gpus_per_cell); a fraction (0.25) lets cells share a GPU",
+    )
 
     @model_validator(mode="after")
     def _keys_fit_the_executor(self) -> "ExecutorConfig":

@@ -80,3 +80,11 @@ def test_bad_executor_config_exits_2(executor, fragment, tiny_config, write_conf
 def test_workers_flag_overrides_config(tiny_config, write_config, capsys, tmp_path):
     assert main(["run", str(write_config(tiny_config)), "--workers", "3", "--out", str(tmp_path)]) == 2
     assert "executor.workers: the local executor" in capsys.readouterr().err
+
+
+def test_gpus_per_cell_is_accepted_for_ray(tiny_config, write_config, capsys):
+    from benchmark import validate_config
+
+    tiny_config["executor"] = {"name": "ray", "workers": 4, "gpus_per_cell": 0.25}
+    assert main(["validate", str(write_config(tiny_config))]) == 0
+    assert validate_config(tiny_config).executor.num_gpus == 0.25
