@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import Field
 from scipy import ndimage
 
-from benchmark import CaseAttack, ConfigError, PluginParams, register_attack
+from benchmark import CaseAttack, PluginParams, register_attack
 
 __all__ = ["IntensityShiftAttack"]
 
@@ -23,9 +23,7 @@ class IntensityShiftAttack(CaseAttack):
 
     def corrupt_case(self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
-        if p.target not in channels:
-            raise ConfigError(f"The 'target' parameter of intensity-shift names channel '{p.target}', which this data set lacks; available channels: {list(channels)}.")
-        c = channels.index(p.target)
+        c = self.channel_of("target", channels)
         out = np.array(images, dtype=np.float32, copy=True)
         x = out[:, c]
         head = x != 0

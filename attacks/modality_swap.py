@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from benchmark import CaseAttack, ConfigError, PluginParams, register_attack
+from benchmark import CaseAttack, PluginParams, register_attack
 
 __all__ = ["ModalitySwapAttack"]
 
@@ -25,12 +25,7 @@ class ModalitySwapAttack(CaseAttack):
             return self
 
     def corrupt_case(self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        p = self.params
-        for key in ("source", "target"):
-            if getattr(p, key) not in channels:
-                raise ConfigError(
-                    f"The '{key}' parameter of modality-swap names channel '{getattr(p, key)}', which this data set lacks; available channels: {list(channels)}."
-                )
+        source, target = self.channel_of("source", channels), self.channel_of("target", channels)
         out = np.array(images, dtype=np.float32, copy=True)
-        out[:, channels.index(p.target)] = images[:, channels.index(p.source)]
+        out[:, target] = images[:, source]
         return out, labels

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from benchmark import CaseAttack, ConfigError, PluginParams, register_attack
+from benchmark import CaseAttack, PluginParams, register_attack
 
 __all__ = ["NoiseAttack"]
 
@@ -19,7 +19,7 @@ class NoiseAttack(CaseAttack):
         severity: float = Field(0.5, gt=0, le=10, description="noise std in units of the case's foreground std (z-scores)")
 
     def corrupt_case(self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        c = channel(self.params.target, channels, self.name)
+        c = self.channel_of("target", channels)
         out = np.array(images, dtype=np.float32, copy=True)
         x = out[:, c]
         head = x != 0
@@ -35,9 +35,3 @@ class NoiseAttack(CaseAttack):
         out[:, c] = np.where(head, noisy, 0.0).astype(np.float32)
         return out, labels
 
-
-def channel(name: str, channels: tuple[str, ...], owner: str) -> int:
-    """Index of ``name`` in ``channels``; a ConfigError naming the parameter otherwise."""
-    if name not in channels:
-        raise ConfigError(f"The 'target' parameter of {owner} names channel '{name}', which this data set lacks; available channels: {list(channels)}.")
-    return channels.index(name)

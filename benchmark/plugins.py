@@ -93,6 +93,20 @@ class Plugin:
         """Receive the cell's context before any other call."""
         self.context = context
 
+    def channel_of(self, parameter: str, channels: tuple[str, ...]) -> int:
+        """Index in ``channels`` of the channel named by one of this plugin's parameters.
+
+        Raises:
+            ConfigError: naming the parameter and the channels the data set has.
+        """
+        name = getattr(self.params, parameter)
+        if name not in channels:
+            raise ConfigError(
+                f"The '{parameter}' parameter of {self.name} names channel '{name}', which this data set lacks; "
+                f"available channels: {list(channels)}."
+            )
+        return channels.index(name)
+
 
 class DatasetSource(Plugin):
     """A data set: ``load()`` returns every case as one `SliceSet`."""

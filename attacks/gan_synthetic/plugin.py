@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from benchmark import CaseAttack, ConfigError, PluginParams, SliceSet, artifact_dir, build_artifact, register_attack, select_cases
+from benchmark import CaseAttack, PluginParams, SliceSet, artifact_dir, build_artifact, register_attack, select_cases
 
 from .networks import DomainGenerator
 from .training import GanConfig, GanTrainer, translate
@@ -105,14 +105,8 @@ class GanSyntheticAttack(CaseAttack):
 
     # -- fitting --------------------------------------------------------------------
     def _check_channels(self, data: SliceSet) -> None:
-        p = self.params
         for key in ("source", "target"):
-            name = getattr(p, key)
-            if name not in data.channels:
-                raise ConfigError(
-                    f"The '{key}' parameter of gan-synthetic names channel '{name}', which this data set lacks; "
-                    f"available channels: {list(data.channels)}."
-                )
+            self.channel_of(key, data.channels)
 
     def cache_key(self, pool: SliceSet) -> str:
         """SHA-256 of (dataset fingerprint, generator parameters, seed, pool case ids)."""
