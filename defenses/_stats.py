@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark import SliceSet
+from benchmark import RunContext, SliceSet, region_mask
 
 __all__ = [
     "case_order",
@@ -29,6 +29,7 @@ __all__ = [
     "case_digests",
     "head_mask",
     "resolve_channels",
+    "task_arrays",
     "ReferenceDistance",
     "TinySegNet",
     "encode",
@@ -106,6 +107,12 @@ def resolve_channels(data: SliceSet, requested: Sequence[str] | None, default: S
         return list(requested)
     chosen = [name for name in default if name in data.channels]
     return chosen or list(data.channels)
+
+
+def task_arrays(data: SliceSet, context: RunContext) -> tuple[np.ndarray, np.ndarray]:
+    """The task's input channels ``[N, C, H, W]`` and its target-region masks ``[N, H, W]`` (uint8)."""
+    channels = resolve_channels(data, None, context.inputs)
+    return data.select_channels(channels), region_mask(data.labels, context.target).astype(np.uint8)
 
 
 class ScoreMemo:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from benchmark import Defense, DefenseParams, SliceSet, fit_binary_segmentation, region_mask, register_defense
+from benchmark import Defense, DefenseParams, SliceSet, fit_binary_segmentation, register_defense
 
-from ._stats import ReferenceDistance, TinySegNet, case_means, encode, resolve_channels
+from ._stats import ReferenceDistance, TinySegNet, case_means, encode, task_arrays
 
 __all__ = ["FeatureOutlierDefense"]
 
@@ -47,20 +47,16 @@ class FeatureOutlierDefense(Defense):
         self.net: TinySegNet | None = None
         self.reference: ReferenceDistance | None = None
 
-    def _inputs(self, data: SliceSet) -> tuple[np.ndarray, np.ndarray]:
-        channels = resolve_channels(data, None, self.context.inputs)
-        return data.select_channels(channels), region_mask(data.labels, self.context.target).astype(np.uint8)
-
     def features(self, data: SliceSet) -> tuple[list[str], np.ndarray]:
         """Per-case encoder representation ``[n_cases, D]``."""
-        images, masks = self._inputs(data)
+        images, masks = task_arrays(data, self.context)
         per_slice = encode(self.net, images, masks if self.params.use_masks else None, self.context.device)
         return case_means(per_slice, data.case_ids)
 
     def fit(self, trusted: SliceSet | None) -> None:
         if trusted is None:
             raise ValueError("feature-outlier needs trusted cases (split.trusted > 0)")
-        images, masks = self._inputs(trusted)
+        images, masks = task_arrays(trusted, self.context)
         torch.manual_seed(self.context.seed)
         self.net = TinySegNet(images.shape[1], self.params.width)
         if self.params.encoder == "trained":

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from benchmark import Defense, DefenseParams, SliceSet, fit_binary_segmentation, region_mask, register_defense
+from benchmark import Defense, DefenseParams, SliceSet, fit_binary_segmentation, register_defense
 
-from ._stats import ScoreMemo, TinySegNet, case_order, resolve_channels
+from ._stats import ScoreMemo, TinySegNet, case_order, task_arrays
 
 __all__ = ["LossFilterDefense"]
 
@@ -63,9 +63,7 @@ class LossFilterDefense(Defense):
         known = self.memo.lookup(train)
         if known is not None:
             return known
-        channels = resolve_channels(train, None, self.context.inputs)
-        images = train.select_channels(channels)
-        masks = region_mask(train.labels, self.context.target).astype(np.uint8)
+        images, masks = task_arrays(train, self.context)
         cases, rows = case_order(train.case_ids)
         counts = np.bincount(rows, minlength=len(cases)).astype(float)
         per_epoch: list[np.ndarray] = []

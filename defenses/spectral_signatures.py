@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from benchmark import Defense, DefenseParams, SliceSet, fit_binary_segmentation, region_mask, register_defense
+from benchmark import Defense, DefenseParams, SliceSet, fit_binary_segmentation, register_defense
 
-from ._stats import ScoreMemo, TinySegNet, case_means, encode, resolve_channels
+from ._stats import ScoreMemo, TinySegNet, case_means, encode, task_arrays
 
 __all__ = ["SpectralSignaturesDefense", "signature_scores"]
 
@@ -87,9 +87,7 @@ class SpectralSignaturesDefense(Defense):
         known = self.memo.lookup(train)
         if known is not None:
             return known
-        channels = resolve_channels(train, None, self.context.inputs)
-        images = train.select_channels(channels)
-        masks = region_mask(train.labels, self.context.target).astype(np.uint8)
+        images, masks = task_arrays(train, self.context)
         torch.manual_seed(self.context.seed)
         net = TinySegNet(images.shape[1], self.params.width)
         if self.params.encoder == "trained":
