@@ -106,6 +106,17 @@ def _mean_report(group: _Group, field_name: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _identity(entry: Entry, group: _Group) -> dict[str, Any]:
+    """The columns that name a board row: entry, status, submitter, data set, segmenter."""
+    return {
+        "entry": entry.entry_id,
+        "status": entry.status,
+        "submitter": entry.submitter.get("name", ""),
+        "dataset": plugin_label(group.dataset),
+        "segmenter": plugin_label(group.segmenter),
+    }
+
+
 def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), digits)
 
@@ -141,11 +152,7 @@ def analyse(entries: list[Entry]) -> Analysis:
             seeds = sorted(group.cells)
             clean = _clean_for(group, groups)
             row: dict[str, Any] = {
-                "entry": entry.entry_id,
-                "status": entry.status,
-                "submitter": entry.submitter.get("name", ""),
-                "dataset": plugin_label(group.dataset),
-                "segmenter": plugin_label(group.segmenter),
+                **_identity(entry, group),
                 "attack": plugin_label(group.attack),
                 "attack_name": group.attack.get("name"),
                 "rate": group.rate,
@@ -199,11 +206,7 @@ def analyse(entries: list[Entry]) -> Analysis:
             dice = [p[1]["dice"] for p in points]
             clean_dice = dice[0] if rates and rates[0] == 0.0 else None
             row = {
-                "entry": entry.entry_id,
-                "status": entry.status,
-                "submitter": entry.submitter.get("name", ""),
-                "dataset": plugin_label(first.dataset),
-                "segmenter": plugin_label(first.segmenter),
+                **_identity(entry, first),
                 "attack": plugin_label(first.attack),
                 "attack_name": first.attack.get("name"),
                 "clean_dice": clean_dice,
@@ -229,11 +232,7 @@ def analyse(entries: list[Entry]) -> Analysis:
             clean = _clean_for(group, groups)
             segmenters.append(
                 {
-                    "entry": entry.entry_id,
-                    "status": entry.status,
-                    "submitter": entry.submitter.get("name", ""),
-                    "dataset": plugin_label(group.dataset),
-                    "segmenter": plugin_label(group.segmenter),
+                    **_identity(entry, group),
                     "clean_dice": seg_clean.get((ds, seg)) if (ds, seg) in seg_clean else (rows_by_group[_key_of(clean, groups)]["dice"] if clean else None),
                     "drops": {name: drops.get(name) for name in drops},
                     "mean_drop": _round(float(np.mean(known))) if known else None,
@@ -277,11 +276,7 @@ def analyse(entries: list[Entry]) -> Analysis:
             gains = [r["recovered"] for r in recovered if r["recovered"] is not None and r["rate"] > 0]
             defenses.append(
                 {
-                    "entry": entry.entry_id,
-                    "status": entry.status,
-                    "submitter": entry.submitter.get("name", ""),
-                    "dataset": plugin_label(first.dataset),
-                    "segmenter": plugin_label(first.segmenter),
+                    **_identity(entry, first),
                     "attack": plugin_label(first.attack),
                     "defense": plugin_label(first.defense),
                     "auroc": _round(float(np.mean(aurocs))) if aurocs else None,
