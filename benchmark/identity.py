@@ -25,6 +25,3 @@ class NoDefense(Defense):
 
     def score(self, train: SliceSet) -> dict[str, float]:
         return {case: 0.0 for case in train.cases}
-
-    def decide(self, scores: dict[str, float], trusted_scores: dict[str, float] | None = None) -> list[str]:
-        return []
