@@ -18,7 +18,12 @@ __all__ = ["MonaiSegmenter", "UNetSegmenter", "BasicUNetSegmenter", "AttentionUN
 
 
 class TrainingParams(PluginParams):
-    epochs: int = Field(20, ge=1, le=10_000, description="passes over the training slices")
+    epochs: int = Field(20, ge=1, le=10_000, description="training epochs")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="optimisation steps per epoch; default one pass over the training slices. A fixed count keeps "
+        "the training budget equal when a defense removes or an attack adds cases",
+    )
     batch_size: int = Field(16, ge=1, le=4096, description="slices per optimisation step")
     lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
     channels: tuple[int, ...] = Field((16, 32, 64, 128), min_length=2, max_length=7, description="feature widths per resolution level")
@@ -51,7 +56,7 @@ class MonaiSegmenter(Segmenter):
         self.history = fit_binary_segmentation(
             self.net, images, masks, self.context, p.epochs, p.batch_size, p.lr,
             loss_fn=DiceCELoss(sigmoid=True, batch=p.batch_dice), flip_augment=p.flip_augment,
-            description=f"{self.name} epochs",
+            description=f"{self.name} epochs", steps_per_epoch=p.steps_per_epoch,
         )
 
     def predict(self, images: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ def fit_binary_segmentation(
     flip_augment: bool = True,
     description: str = "epochs",
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    steps_per_epoch: int | None = None,
 ) -> TrainingHistory:
     """Train ``net`` (one output channel, logits) on binary masks with Adam.
 
@@ -54,13 +55,18 @@ def fit_binary_segmentation(
         images: float32 ``[N, C, H, W]``.
         masks: uint8 ``[N, H, W]``.
         context: device, seed and progress of the cell.
-        epochs: passes over the data.
+        epochs: number of epochs.
         batch_size: slices per step.
         lr: Adam learning rate.
         loss_fn: defaults to MONAI's ``DiceCELoss(sigmoid=True)``.
         flip_augment: random left-right flips per batch. Defaults to True.
         description: progress label.
         on_epoch_end: called with (epoch, net) after each epoch.
+        steps_per_epoch: optimisation steps per epoch, drawn from successive shuffles of
+            the data; None (the default) makes an epoch one pass over the data. A fixed
+            count gives every cell the same training budget, whatever the training set's
+            size, so removing or adding cases changes the data a model sees, not how long
+            it trains.
 
     Returns:
         the per-epoch mean losses.
@@ -96,18 +102,18 @@ def fit_binary_segmentation(
 
     generator = torch.Generator(device=device).manual_seed(context.seed)
     n = len(images)
+    slices_per_epoch = n if steps_per_epoch is None else steps_per_epoch * batch_size
     history = TrainingHistory()
     net.train()
     for epoch in context.track(range(epochs), description, total=epochs):
-        order = torch.randperm(n, generator=generator, device=device)
-        flips = torch.rand(n, generator=generator, device=device) < 0.5 if flip_augment else None
+        order, flips = _epoch_schedule(n, slices_per_epoch, flip_augment, generator, device)
         epoch_loss = torch.zeros((), device=device)
         steps = 0
-        for start in range(0, n, batch_size):
+        for start in range(0, slices_per_epoch, batch_size):
             index = order[start : start + batch_size]
             x, y = batch(index)
             if flips is not None:
-                flip = flips[index].view(-1, 1, 1, 1)
+                flip = flips[start : start + batch_size].view(-1, 1, 1, 1)
                 x = torch.where(flip, x.flip(-1), x)
                 y = torch.where(flip, y.flip(-1), y)
             optimizer.zero_grad(set_to_none=True)
@@ -122,6 +128,24 @@ def fit_binary_segmentation(
         if on_epoch_end is not None:
             on_epoch_end(epoch, net)
     return history
+
+
+def _epoch_schedule(
+    n: int, slices: int, flip_augment: bool, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Slice order and per-position flip flags for one epoch of ``slices`` draws.
+
+    Successive passes each shuffle all ``n`` slices, so every slice is seen equally often;
+    one pass draws exactly what a plain shuffled epoch draws.
+    """
+    orders, flips = [], []
+    for _ in range(-(-slices // n)):
+        order = torch.randperm(n, generator=generator, device=device)
+        orders.append(order)
+        if flip_augment:
+            flips.append((torch.rand(n, generator=generator, device=device) < 0.5)[order])
+    order = torch.cat(orders)[:slices]
+    return order, (torch.cat(flips)[:slices] if flip_augment else None)
 
 
 @torch.no_grad()
