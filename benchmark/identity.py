@@ -8,10 +8,12 @@ from .catalog import register_attack, register_defense
 from .plugins import Attack, Defense
 from .sliceset import SliceSet
 
-__all__ = ["NoAttack", "NoDefense"]
+__all__ = ["NO_ATTACK", "NO_DEFENSE", "NoAttack", "NoDefense"]
+
+NO_ATTACK = NO_DEFENSE = "none"
 
 
-@register_attack("none")
+@register_attack(NO_ATTACK)
 class NoAttack(Attack):
     """Leave the training set untouched (the clean baseline)."""
 
@@ -19,7 +21,7 @@ class NoAttack(Attack):
         return train
 
 
-@register_defense("none")
+@register_defense(NO_DEFENSE)
 class NoDefense(Defense):
     """Keep every training case."""
 

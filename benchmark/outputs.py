@@ -5,6 +5,8 @@
   synthetic vs real target where the attack has them) and the count of poisoned cases.
 - ``detection.csv``: one row per cell with a defense: AUROC and AP of its scores,
   precision / recall / F1 of its decision, fraction of training cases removed.
+- ``defenses.csv``: one row per segmenter × attack × rate × defense, over seeds: Dice
+  with and without the defense, its recovery and clean cost (`benchmark.defense_effect`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from .defense_effect import DEFENSE_EFFECT_COLUMNS, defense_effect_frame
+from .identity import NO_DEFENSE
 from .metrics import METRICS
 from .store import FINISHED, ResultStore
 
-__all__ = ["RESULTS_CSV_COLUMNS", "ATTACKS_CSV_COLUMNS", "DETECTION_CSV_COLUMNS", "write_sweep_tables"]
+__all__ = [
+    "RESULTS_CSV_COLUMNS", "ATTACKS_CSV_COLUMNS", "DETECTION_CSV_COLUMNS", "DEFENSE_EFFECT_COLUMNS", "write_sweep_tables",
+]
 
 RESULTS_CSV_COLUMNS = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", *METRICS]
 ATTACKS_CSV_COLUMNS = ["cell", "attack", "rate", "seed", "mae", "psnr", "ssim", "poisoned_cases"]
@@ -33,7 +39,7 @@ def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.Dat
     rows = []
     for _, run in runs.iterrows():
         values = run[report] or {}
-        if report == "defense_report" and run["defense"] == "none":
+        if report == "defense_report" and run["defense"] == NO_DEFENSE:
             continue
         row = {"cell": run["cell_key"], "attack": run["attack"], "rate": float(run["rate"]), "defense": run["defense"], "seed": run["seed"]}
         row.update({c: values.get(c) for c in columns if c not in row})
@@ -42,13 +48,15 @@ def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.Dat
 
 
 def write_sweep_tables(store: ResultStore, out_dir: Path, keys: list[str] | None = None) -> dict[str, pd.DataFrame]:
-    """Write ``results.csv``, ``attacks.csv`` and ``detection.csv`` for the given cells."""
+    """Write ``results.csv``, ``attacks.csv``, ``detection.csv`` and ``defenses.csv`` for the given cells."""
     results = store.case_metrics(keys)[RESULTS_CSV_COLUMNS].astype({"rate": float})
     runs = store.runs(keys)
     runs = runs[runs["status"] == FINISHED]
     attacks = _report_table(runs, "attack_report", ATTACKS_CSV_COLUMNS)
     detection = _report_table(runs, "defense_report", DETECTION_CSV_COLUMNS)
+    defenses = defense_effect_frame(store, keys)
     _write_atomic(results, out_dir / "results.csv")
     _write_atomic(attacks, out_dir / "attacks.csv")
     _write_atomic(detection, out_dir / "detection.csv")
-    return {"results": results, "attacks": attacks, "detection": detection}
+    _write_atomic(defenses, out_dir / "defenses.csv")
+    return {"results": results, "attacks": attacks, "detection": detection, "defenses": defenses}

@@ -1,4 +1,4 @@
-"""The per-cell summary of a sweep: aggregates per metric, printed as a rich table."""
+"""The per-cell summary of a sweep and the defense-effect table, printed as rich tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.table import Table
 from .metrics import METRICS, aggregate
 from .store import ResultStore
 
-__all__ = ["summary_frame", "print_summary", "report_console"]
+__all__ = ["summary_frame", "print_summary", "print_defense_effect", "report_console"]
 
 
 def summary_frame(store: ResultStore, keys: list[str] | None = None) -> pd.DataFrame:
@@ -59,3 +59,25 @@ def print_summary(frame: pd.DataFrame, console: Console, title: str = "poisonben
             cells.append(f"[red]failed[/]: {row['error'][:80]}")
         table.add_row(*cells)
     console.print(table)
+
+
+def print_defense_effect(frame: pd.DataFrame, console: Console) -> None:
+    """Render `benchmark.defense_effect_frame`: detection, Dice, recovery and clean cost per defense."""
+    table = Table(title="defenses: detection, recovery under attack, cost when clean (mean over seeds)", header_style="bold")
+    columns = ["segmenter", "attack", "rate", "defense", "seeds", "auroc", "ap", "f1", "removed_fraction", "dice", "dice_without",
+               "recovery", "clean_cost"]
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="left" if column in ("segmenter", "attack", "defense") else "right")
+    for _, row in frame.iterrows():
+        table.add_row(*(_effect_text(c, row[c]) for c in columns))
+    console.print(table)
+
+
+def _effect_text(column: str, value: object) -> str:
+    if column in ("segmenter", "attack", "defense"):
+        return str(value)
+    if column == "seeds":
+        return str(int(value))
+    if column == "rate":
+        return f"{float(value):.4g}"
+    return "–" if pd.isna(value) else f"{float(value):.3f}"

@@ -77,7 +77,7 @@ def run_sweep(
     """Run every cell of ``config`` that is not finished yet (all of them with ``force``).
 
     Results are written to ``OUT/results.sqlite`` one transaction per cell, then
-    ``OUT/results.csv``, ``attacks.csv``, ``detection.csv`` and a summary table. One run
+    ``OUT/results.csv``, ``attacks.csv``, ``detection.csv``, ``defenses.csv`` and a summary table. One run
     at a time holds the output folder (see `benchmark.locking`).
     """
     console = console or Console(stderr=True)

@@ -12,7 +12,8 @@ from rich.table import Table
 from ..catalog import REGISTRIES
 from ..config import load_config
 from ..errors import BenchError, ExitCode
-from ..report import print_summary, report_console, summary_frame
+from ..defense_effect import defense_effect_frame
+from ..report import print_defense_effect, print_summary, report_console, summary_frame
 from ..store import ResultStore
 
 __all__ = ["COMMANDS", "add_command", "config_arguments"]
@@ -120,8 +121,10 @@ def _type_name(annotation: object) -> str:
 # -- report ---------------------------------------------------------------------------
 def _register_report(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "report", "print the summary table of an output folder's results database",
-             "  bench report\n  bench report --out paper-results")
+             "  bench report\n  bench report --out paper-results\n  bench report --out results-defenses --defenses")
     p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--defenses", action="store_true",
+                   help="print each defense's detection, recovery under attack and clean cost instead of the per-cell table")
     p.set_defaults(handler=_report)
 
 
@@ -131,10 +134,16 @@ def _report(args: argparse.Namespace) -> int:
         raise BenchError(f"{path}: no results database here; run 'bench run --out {args.out}' first.")
     with ResultStore(path) as store:
         summary = summary_frame(store)
+        effect = defense_effect_frame(store) if args.defenses else None
     if summary.empty:
         print(f"{path}: no cells recorded yet.")
         return int(ExitCode.OK)
-    print_summary(summary, report_console())
+    if effect is None:
+        print_summary(summary, report_console())
+    elif effect.empty:
+        print(f"{path}: no cells with a defense other than 'none'.")
+    else:
+        print_defense_effect(effect, report_console())
     return int(ExitCode.CELL_FAILED if (summary["status"] != "finished").any() else ExitCode.OK)
 
 

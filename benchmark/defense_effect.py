@@ -1,0 +1,103 @@
+"""What each defense wins back under attack and what it costs without one.
+
+For every segmenter × attack × defense × attack rate, against the undefended (``none``)
+cells of the same segmenter and attack, over the seeds both have finished:
+
+- ``recovery`` = (Dice with the defense − Dice without) / (clean Dice − Dice without):
+  1 when the defense restores clean Dice, 0 when it changes nothing, negative when it
+  makes things worse; empty where the attack did not lower Dice.
+- ``clean_cost`` = clean Dice − the defense's Dice at rate 0: Dice lost to removing
+  real cases when nothing is poisoned.
+
+"Dice" is a cell's mean over its validation cases, averaged over seeds; "clean" is the
+``none`` defense at rate 0 of the same attack (or of the ``none`` attack when the attack
+has no rate-0 cell). Detection figures are the defense's reports averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .identity import NO_ATTACK, NO_DEFENSE
+from .store import FINISHED, ResultStore
+
+__all__ = ["DEFENSE_EFFECT_COLUMNS", "defense_effect_frame"]
+
+DETECTION_FIGURES = ["auroc", "ap", "precision", "recall", "f1", "removed_fraction"]
+DEFENSE_EFFECT_COLUMNS = [
+    "segmenter", "attack", "rate", "defense", "seeds", "dice", "dice_without", "dice_clean", "recovery", "clean_cost",
+    *DETECTION_FIGURES,
+]
+
+
+def defense_effect_frame(store: ResultStore, keys: list[str] | None = None) -> pd.DataFrame:
+    """One row per segmenter × attack × rate × defense other than ``none`` (see the module doc)."""
+    cells = _finished_cells(store, keys)
+    if cells.empty:
+        return pd.DataFrame(columns=DEFENSE_EFFECT_COLUMNS)
+    undefended = cells[cells["defense"] == NO_DEFENSE]
+    rows = []
+    for (segmenter, attack, defense, rate), group in cells[cells["defense"] != NO_DEFENSE].groupby(
+        ["segmenter", "attack", "defense", "rate"], sort=True
+    ):
+        same_model = undefended[undefended["segmenter"] == segmenter]
+        without = _dice_by_seed(same_model[(same_model["attack"] == attack) & (same_model["rate"] == rate)])
+        clean = _dice_by_seed(_clean_cells(same_model, attack))
+        mine = _dice_by_seed(group)
+        seeds = sorted(set(mine.index) & set(without.index) & set(clean.index))
+        row: dict[str, Any] = {"segmenter": segmenter, "attack": attack, "rate": rate, "defense": defense, "seeds": len(seeds)}
+        if seeds:
+            dice, dice_without, dice_clean = (float(s.loc[seeds].mean()) for s in (mine, without, clean))
+            damage = dice_clean - dice_without
+            row.update(
+                dice=dice, dice_without=dice_without, dice_clean=dice_clean,
+                recovery=(dice - dice_without) / damage if rate > 0 and damage > 0 else np.nan,
+                clean_cost=dice_clean - dice if rate == 0 else np.nan,
+            )
+        reports = pd.DataFrame(list(group["defense_report"]))
+        for figure in DETECTION_FIGURES:
+            values = pd.to_numeric(reports.get(figure, pd.Series(dtype=float)), errors="coerce")
+            row[figure] = float(values.mean()) if values.notna().any() else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=DEFENSE_EFFECT_COLUMNS)
+
+
+def _finished_cells(store: ResultStore, keys: list[str] | None) -> pd.DataFrame:
+    """Finished runs with their mean validation Dice, plugins named by label."""
+    runs = store.runs(keys)
+    runs = runs[runs["status"] == FINISHED].copy()
+    if runs.empty:
+        return runs
+    dice = store.case_metrics(keys).groupby("cell")["dice"].mean()
+    runs["dice"] = runs["cell_key"].map(dice)
+    for kind in ("segmenter", "attack", "defense"):
+        runs[kind] = _labels([config[kind] for config in runs["config"]])
+    return runs
+
+
+def _labels(configs: list[dict[str, Any]]) -> list[str]:
+    """Plugin names, with the parameters that tell apart configurations sharing a name."""
+    by_name: dict[str, set[str]] = {}
+    for config in configs:
+        by_name.setdefault(config["name"], set()).add(json.dumps(config, sort_keys=True))
+    labels = []
+    for config in configs:
+        variants = [json.loads(v) for v in by_name[config["name"]]]
+        differing = sorted(k for k in config if k != "name" and len({json.dumps(v.get(k)) for v in variants}) > 1)
+        suffix = ", ".join(f"{k}={json.dumps(config[k])}" for k in differing)
+        labels.append(f"{config['name']} ({suffix})" if suffix else config["name"])
+    return labels
+
+
+def _clean_cells(undefended: pd.DataFrame, attack: str) -> pd.DataFrame:
+    clean = undefended[undefended["rate"] == 0]
+    own = clean[clean["attack"] == attack]
+    return own if not own.empty else clean[clean["attack"] == NO_ATTACK]
+
+
+def _dice_by_seed(cells: pd.DataFrame) -> pd.Series:
+    return cells.groupby("seed")["dice"].mean()

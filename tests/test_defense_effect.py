@@ -1,0 +1,116 @@
+"""Recovery and clean cost of defenses, from a results database with known Dice values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark import METRICS, ResultStore
+from benchmark.cli.main import main
+from benchmark.defense_effect import defense_effect_frame
+from benchmark.outputs import write_sweep_tables
+from benchmark.store import CellRecord
+
+CASES = ["case-a", "case-b"]
+GAN = {"name": "gan-synthetic", "mode": "replace"}
+SEGMENTER = {"name": "unet", "epochs": 2}
+
+
+def _record(key, rate, defense, seed, dice, attack=GAN, defense_report=None, status="finished"):
+    frame = pd.DataFrame({m: [dice] * len(CASES) for m in METRICS}, index=pd.Index(CASES, name="case"))
+    for count in ("tp", "fp", "tn", "fn"):
+        frame[count] = 1
+    config = {"segmenter": SEGMENTER, "attack": attack, "rate": rate, "defense": defense, "seed": seed}
+    return CellRecord(key, config, status, 0.0, 1.0, case_metrics=frame if status == "finished" else None,
+                      defense_report=defense_report or {}, error=None if status == "finished" else "boom")
+
+
+# seed -> (clean, poisoned) Dice without a defense; the defense gets back a known share
+UNDEFENDED = {0: (0.80, 0.60), 1: (0.90, 0.50)}
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        for seed, (clean, poisoned) in UNDEFENDED.items():
+            store.write(_record(f"none-0-{seed}", 0.0, {"name": "none"}, seed, clean))
+            store.write(_record(f"none-5-{seed}", 0.5, {"name": "none"}, seed, poisoned))
+            # spectral: costs 0.02 when clean, wins back 3/4 of the damage of both seeds together
+            store.write(_record(f"spec-0-{seed}", 0.0, {"name": "spectral", "budget": 0.5}, seed, clean - 0.02,
+                                defense_report={"auroc": None, "removed_fraction": 0.1}))
+            store.write(_record(f"spec-5-{seed}", 0.5, {"name": "spectral", "budget": 0.5}, seed, poisoned + 0.75 * (clean - poisoned),
+                                defense_report={"auroc": 0.9 + 0.1 * seed, "ap": 0.8, "f1": 0.5, "removed_fraction": 0.4}))
+        yield store
+
+
+def test_recovery_and_clean_cost_against_the_undefended_cells(store):
+    frame = defense_effect_frame(store).set_index("rate")
+    assert list(frame["defense"]) == ["spectral", "spectral"]
+    clean, poisoned = np.mean([0.80, 0.90]), np.mean([0.60, 0.50])
+    attacked = frame.loc[0.5]
+    assert attacked["seeds"] == 2
+    assert attacked["dice_clean"] == pytest.approx(clean) and attacked["dice_without"] == pytest.approx(poisoned)
+    assert attacked["recovery"] == pytest.approx(0.75)
+    assert np.isnan(attacked["clean_cost"])
+    assert attacked["auroc"] == pytest.approx(0.95) and attacked["removed_fraction"] == pytest.approx(0.4)
+    at_zero = frame.loc[0.0]
+    assert at_zero["clean_cost"] == pytest.approx(0.02)
+    assert np.isnan(at_zero["recovery"]) and np.isnan(at_zero["auroc"])
+
+
+def test_only_seeds_with_every_reference_cell_count(store):
+    # seed 2 has a defended cell but no undefended ones: it must not shift the means
+    store.write(_record("spec-5-2", 0.5, {"name": "spectral", "budget": 0.5}, 2, 0.0))
+    attacked = defense_effect_frame(store).set_index("rate").loc[0.5]
+    assert attacked["seeds"] == 2 and attacked["recovery"] == pytest.approx(0.75)
+
+
+def test_failed_cells_are_left_out(store):
+    store.write(_record("none-5-0", 0.5, {"name": "none"}, 0, 0.0, status="failed"))
+    attacked = defense_effect_frame(store).set_index("rate").loc[0.5]
+    # only seed 1 is left: clean 0.9, poisoned 0.5, defended 0.8
+    assert attacked["seeds"] == 1 and attacked["dice"] == pytest.approx(0.8) and attacked["recovery"] == pytest.approx(0.75)
+
+
+def test_two_configurations_of_one_defense_stay_apart(store):
+    for seed, (clean, poisoned) in UNDEFENDED.items():
+        store.write(_record(f"spec2-5-{seed}", 0.5, {"name": "spectral", "budget": 0.2}, seed, poisoned))
+    frame = defense_effect_frame(store)
+    attacked = frame[frame["rate"] == 0.5].set_index("defense")
+    assert set(attacked.index) == {"spectral (budget=0.2)", "spectral (budget=0.5)"}
+    assert attacked.loc["spectral (budget=0.2)", "recovery"] == pytest.approx(0.0)
+    assert attacked.loc["spectral (budget=0.5)", "recovery"] == pytest.approx(0.75)
+
+
+def test_an_attack_that_does_no_damage_has_no_recovery(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        for key, rate, defense, dice in [("a", 0.0, "none", 0.8), ("b", 0.5, "none", 0.85), ("c", 0.5, "spectral", 0.8)]:
+            store.write(_record(key, rate, {"name": defense}, 0, dice))
+        assert np.isnan(defense_effect_frame(store).loc[0, "recovery"])
+
+
+def test_clean_reference_falls_back_to_the_none_attack(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        store.write(_record("clean", 0.0, {"name": "none"}, 0, 0.8, attack={"name": "none"}))
+        store.write(_record("hit", 0.5, {"name": "none"}, 0, 0.4))
+        store.write(_record("fix", 0.5, {"name": "spectral"}, 0, 0.7))
+        row = defense_effect_frame(store).set_index("attack").loc["gan-synthetic"]
+        assert row["dice_clean"] == pytest.approx(0.8) and row["recovery"] == pytest.approx(0.75)
+
+
+def test_sweep_tables_write_defenses_csv_and_report_prints_it(store, tmp_path, capsys):
+    write_sweep_tables(store, tmp_path)
+    written = pd.read_csv(tmp_path / "defenses.csv")
+    assert written.loc[written["rate"] == 0.5, "recovery"].item() == pytest.approx(0.75)
+    store.close()
+    assert main(["report", "--out", str(tmp_path), "--defenses"]) == 0
+    printed = capsys.readouterr().out
+    assert "spectral" in printed and "0.750" in printed and "0.020" in printed
+
+
+def test_report_defenses_without_defended_cells_says_so(tmp_path, capsys):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        store.write(_record("clean", 0.0, {"name": "none"}, 0, 0.8))
+    assert main(["report", "--out", str(tmp_path), "--defenses"]) == 0
+    assert "no cells with a defense other than 'none'" in capsys.readouterr().out
