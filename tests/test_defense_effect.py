@@ -114,3 +114,17 @@ def test_report_defenses_without_defended_cells_says_so(tmp_path, capsys):
         store.write(_record("clean", 0.0, {"name": "none"}, 0, 0.8))
     assert main(["report", "--out", str(tmp_path), "--defenses"]) == 0
     assert "no cells with a defense other than 'none'" in capsys.readouterr().out
+
+
+def test_a_defended_sweep_writes_one_row_per_defense_and_rate(tiny_config, write_config, tmp_path):
+    tiny_config["split"]["trusted"] = 2
+    tiny_config["attacks"] = [{"name": "noise", "rates": [0, 0.5]}]
+    tiny_config["defenses"] = [{"name": "none"}, {"name": "spectral", "budget": 0.25}]
+    out = tmp_path / "out"
+    assert main(["run", str(write_config(tiny_config)), "--out", str(out), "--quiet"]) == 0
+    written = pd.read_csv(out / "defenses.csv")
+    assert written[["attack", "defense", "rate", "seeds"]].values.tolist() == [["noise", "spectral", 0.0, 1], ["noise", "spectral", 0.5, 1]]
+    detection = pd.read_csv(out / "detection.csv").set_index("rate")
+    assert written.set_index("rate").loc[0.5, "removed_fraction"] == pytest.approx(detection.loc[0.5, "removed_fraction"])
+    results = pd.read_csv(out / "results.csv").groupby(["defense", "rate"])["dice"].mean()
+    assert written.set_index("rate").loc[0.0, "clean_cost"] == pytest.approx(results[("none", 0.0)] - results[("spectral", 0.0)])
