@@ -67,6 +67,11 @@ class ExecutorConfig(_Strict):
     workers: int | None = Field(
         None, ge=1, le=1024, description="cells run at once (process: worker processes; ray: tasks in flight)"
     )
+    threads: int | None = Field(
+        None, ge=1, le=1024,
+        description="torch CPU threads per cell; unset: all cores (local), cores // workers (process), num_cpus (ray). "
+        "CPU results are bit-identical only at equal thread counts, so fix it to compare executors or machines",
+    )
     address: str | None = Field(None, description="ray: cluster address ('auto', 'ray://host:10001'); unset starts a local Ray")
     num_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved per cell")
     num_gpus: float = Field(

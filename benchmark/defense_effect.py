@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .identity import NO_ATTACK, NO_DEFENSE
-from .store import FINISHED, ResultStore
+from .store import FINISHED
 
 __all__ = ["DEFENSE_EFFECT_COLUMNS", "defense_effect_frame"]
 
@@ -34,9 +34,16 @@ DEFENSE_EFFECT_COLUMNS = [
 ]
 
 
-def defense_effect_frame(store: ResultStore, keys: list[str] | None = None) -> pd.DataFrame:
-    """One row per segmenter × attack × rate × defense other than ``none`` (see the module doc)."""
-    cells = _finished_cells(store, keys)
+def defense_effect_frame(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per segmenter × attack × rate × defense other than ``none`` (see the module doc).
+
+    Args:
+        runs: `ResultStore.runs`.
+        metrics: `ResultStore.case_metrics`.
+    """
+    if (runs["defense"] == NO_DEFENSE).all():
+        return pd.DataFrame(columns=DEFENSE_EFFECT_COLUMNS)
+    cells = _finished_cells(runs, metrics)
     if cells.empty:
         return pd.DataFrame(columns=DEFENSE_EFFECT_COLUMNS)
     undefended = cells[cells["defense"] == NO_DEFENSE]
@@ -66,13 +73,12 @@ def defense_effect_frame(store: ResultStore, keys: list[str] | None = None) -> p
     return pd.DataFrame(rows, columns=DEFENSE_EFFECT_COLUMNS)
 
 
-def _finished_cells(store: ResultStore, keys: list[str] | None) -> pd.DataFrame:
+def _finished_cells(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """Finished runs with their mean validation Dice, plugins named by label."""
-    runs = store.runs(keys)
     runs = runs[runs["status"] == FINISHED].copy()
     if runs.empty:
         return runs
-    dice = store.case_metrics(keys).groupby("cell")["dice"].mean()
+    dice = metrics.groupby("cell")["dice"].mean()
     runs["dice"] = runs["cell_key"].map(dice)
     for kind in ("segmenter", "attack", "defense"):
         runs[kind] = _labels([config[kind] for config in runs["config"]])

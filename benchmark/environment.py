@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["package_version", "environment", "resolve_device", "git_commit"]
+__all__ = ["package_version", "environment", "resolve_device", "git_commit", "torch_threads"]
 
 
 def package_version() -> str:
@@ -45,6 +45,13 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def torch_threads() -> int:
+    """torch's intra-op CPU thread count now (executors may change it per sweep)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def environment(device: str) -> dict[str, Any]:
     import torch
 
@@ -59,7 +66,7 @@ def environment(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch_threads(),
         "git_commit": git_commit(),
     }
     if device == "cuda":

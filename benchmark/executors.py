@@ -8,11 +8,16 @@ it; records already returned are kept.
 - ``process``: N spawned worker processes; torch threads per worker = cores // N, so
   workers do not oversubscribe the CPU. Each worker loads the data set from the on-disk
   cache (memory-mapped) that the driver built before dispatching.
-- ``ray``: one Ray task per cell with ``num_cpus`` / ``num_gpus`` from the config. Tasks
+- ``ray``: one Ray task per cell with ``num_cpus`` / ``num_gpus`` from the config, and
+  ``num_cpus`` torch threads. Tasks
   load the data set and trained generators from the artifact cache: on a multi-node
   cluster point ``POISONBENCH_CACHE`` at a shared folder so they are built once (the
   atomic rename in `benchmark.cache` makes concurrent builders safe); without a shared
   folder each node builds its own identical copy once.
+
+``executor.threads`` overrides the torch thread count of every cell. Floating-point sums
+are split differently over different thread counts, so CPU results are bit-identical
+across executors and machines only at the same count.
 """
 
 from __future__ import annotations
@@ -109,25 +114,35 @@ class Executor:
 class LocalExecutor(Executor):
     """Cells one after another in this process, with the driver's runner."""
 
-    def __init__(self, run_cell: Callable[[Cell], CellRecord] | None, announce: Callable[[Cell], None] | None = None):
+    def __init__(self, run_cell: Callable[[Cell], CellRecord], announce: Callable[[Cell], None] | None = None,
+                 threads: int | None = None):
         self.run_cell = run_cell
         self.announce = announce
+        self.threads = threads
         self.lost = []
 
     def run(self, cells: list[Cell]) -> Iterator[CellRecord]:
-        for cell in cells:
-            if self.announce:
-                self.announce(cell)
-            yield self.run_cell(cell)
+        import torch
+
+        threads_before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            for cell in cells:
+                if self.announce:
+                    self.announce(cell)
+                yield self.run_cell(cell)
+        finally:
+            torch.set_num_threads(threads_before)
 
 
 class ProcessExecutor(Executor):
     """Cells spread over spawned worker processes on this machine."""
 
-    def __init__(self, spec: WorkerSpec, workers: int):
+    def __init__(self, spec: WorkerSpec, workers: int, threads: int | None = None):
         self.workers = workers
         cores = os.cpu_count() or 1
-        self.spec = WorkerSpec(**{**spec.__dict__, "threads": max(1, cores // workers)})
+        self.spec = WorkerSpec(**{**spec.__dict__, "threads": threads or max(1, cores // workers)})
         self.lost = []
 
     def run(self, cells: list[Cell]) -> Iterator[CellRecord]:
@@ -158,7 +173,7 @@ class RayExecutor(Executor):
         except ImportError:
             raise BenchError("executor.name: 'ray' needs Ray; install it with: pip install 'poisonbench[ray]'") from None
         self.ray = ray
-        self.spec = spec
+        self.spec = WorkerSpec(**{**spec.__dict__, "threads": config.threads or max(1, round(config.num_cpus))})
         self.config = config
         self.lost = []
 
@@ -201,9 +216,9 @@ def create_executor(config: ExecutorConfig, spec: WorkerSpec, run_local: Callabl
                     announce: Callable[[Cell], None] | None = None) -> Executor:
     """The executor named in the config."""
     if config.name == "process":
-        return ProcessExecutor(spec, config.workers or 2)
+        return ProcessExecutor(spec, config.workers or 2, config.threads)
     if config.name == "ray":
         return RayExecutor(spec, config)
     if run_local is None:
         raise BenchError("the local executor needs the driver's cell runner")
-    return LocalExecutor(run_local, announce)
+    return LocalExecutor(run_local, announce, config.threads)

@@ -18,7 +18,7 @@ import pandas as pd
 from .defense_effect import DEFENSE_EFFECT_COLUMNS, defense_effect_frame
 from .identity import NO_DEFENSE
 from .metrics import METRICS
-from .store import FINISHED, ResultStore
+from .store import FINISHED
 
 __all__ = [
     "RESULTS_CSV_COLUMNS", "ATTACKS_CSV_COLUMNS", "DETECTION_CSV_COLUMNS", "DEFENSE_EFFECT_COLUMNS", "write_sweep_tables",
@@ -47,14 +47,19 @@ def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.Dat
     return pd.DataFrame(rows, columns=columns)
 
 
-def write_sweep_tables(store: ResultStore, out_dir: Path, keys: list[str] | None = None) -> dict[str, pd.DataFrame]:
-    """Write ``results.csv``, ``attacks.csv``, ``detection.csv`` and ``defenses.csv`` for the given cells."""
-    results = store.case_metrics(keys)[RESULTS_CSV_COLUMNS].astype({"rate": float})
-    runs = store.runs(keys)
-    runs = runs[runs["status"] == FINISHED]
-    attacks = _report_table(runs, "attack_report", ATTACKS_CSV_COLUMNS)
-    detection = _report_table(runs, "defense_report", DETECTION_CSV_COLUMNS)
-    defenses = defense_effect_frame(store, keys)
+def write_sweep_tables(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> dict[str, pd.DataFrame]:
+    """Write ``results.csv``, ``attacks.csv``, ``detection.csv`` and ``defenses.csv``.
+
+    Args:
+        runs: `ResultStore.runs` of the sweep's cells.
+        metrics: `ResultStore.case_metrics` of the same cells.
+        out_dir: the output folder.
+    """
+    results = metrics[RESULTS_CSV_COLUMNS].astype({"rate": float})
+    finished = runs[runs["status"] == FINISHED]
+    attacks = _report_table(finished, "attack_report", ATTACKS_CSV_COLUMNS)
+    detection = _report_table(finished, "defense_report", DETECTION_CSV_COLUMNS)
+    defenses = defense_effect_frame(runs, metrics)
     _write_atomic(results, out_dir / "results.csv")
     _write_atomic(attacks, out_dir / "attacks.csv")
     _write_atomic(detection, out_dir / "detection.csv")

@@ -9,17 +9,22 @@ from rich.table import Table
 from .metrics import METRICS, aggregate
 from .store import ResultStore
 
-__all__ = ["summary_frame", "print_summary", "print_defense_effect", "report_console"]
+__all__ = ["summary_frame", "summarise", "print_summary", "print_defense_effect", "report_console"]
 
 
 def summary_frame(store: ResultStore, keys: list[str] | None = None) -> pd.DataFrame:
     """Per cell: status, case count and mean / std / 95 % CI of every metric."""
-    runs = store.runs(keys)
-    metrics = store.case_metrics(keys)
+    return summarise(store.runs(keys), store.case_metrics(keys))
+
+
+def summarise(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """`summary_frame` from the runs and case-metrics tables already read from a store."""
+    by_cell = dict(tuple(metrics.groupby("cell", sort=False)))
+    no_cases = metrics.iloc[:0]
     rows = []
     for _, run in runs.iterrows():
         row = {k: run[k] for k in ("cell_key", "segmenter", "attack", "rate", "defense", "seed", "status", "duration_s")}
-        cases = metrics[metrics["cell"] == run["cell_key"]]
+        cases = by_cell.get(run["cell_key"], no_cases)
         row["cases"] = len(cases)
         for metric in METRICS:
             agg = aggregate(cases[metric].to_numpy())

@@ -16,7 +16,7 @@ from .cache import cache_root
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
 from .config import Cell, SweepConfig, expand_cells
 from .detection import detection_stats
-from .environment import environment, package_version
+from .environment import environment, package_version, torch_threads
 from .errors import PluginError
 from .metrics import METRICS, case_metrics
 from .plugins import Attack, DatasetSource, Defense, RunContext, Segmenter
@@ -121,7 +121,9 @@ class CellRunner:
         """Run one cell; a failure is captured in the record, never raised."""
         started = time.time()
         timings: dict[str, float] = {}
-        record = CellRecord(cell.key, cell.config(), FAILED, started, started, timings, self._environment)
+        # the thread count is read per cell: executors may set it after the runner is built
+        env = {**self._environment, "torch_threads": torch_threads()}
+        record = CellRecord(cell.key, cell.config(), FAILED, started, started, timings, env)
         try:
             self._run(cell, record, timings)
             record.status = FINISHED

@@ -19,7 +19,7 @@ from .locking import OutputLock
 from .outputs import write_sweep_tables
 from .plugins import RunContext
 from .progress import make_progress, tracker
-from .report import print_summary, summary_frame
+from .report import print_summary, summarise
 from .runner import CellRunner, plan_sweep
 from .splitting import split_cases
 from .store import FINISHED, ResultStore
@@ -129,8 +129,9 @@ def run_sweep(
                     console.print(f"[red]{len(lost)} cell(s) lost their worker and did not finish; run again to resume them.[/]")
         elif not quiet:
             console.print(f"all {len(plan.cells)} cells already finished in {out_dir}; nothing to run (use --force to rerun).")
-        write_sweep_tables(store, out_dir, keys)
-        summary = summary_frame(store, keys)
+        runs, metrics = store.runs(keys), store.case_metrics(keys)  # read once for every table
+        write_sweep_tables(runs, metrics, out_dir)
+        summary = summarise(runs, metrics)
         if ran:
             _draw_dose_response(summary, out_dir / "figures")
     if not quiet:

@@ -166,6 +166,7 @@ def export_bundle(
         "platform": env.get("platform"),
         "device": env.get("device"),
         "gpu": env.get("gpu"),
+        "torch_threads": env.get("torch_threads"),
         "git_commit": env.get("git_commit") or benchmark.git_commit(),
         "dataset_fingerprint": env.get("dataset_fingerprint") or _dataset_fingerprint(config["dataset"]),
         "cell_keys": [c["key"] for c in cells],

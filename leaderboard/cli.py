@@ -11,6 +11,13 @@ from benchmark import ExitCode
 __all__ = ["register_export", "register_leaderboard"]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text}")
+    return value
+
+
 def _add_command(sub: argparse._SubParsersAction, name: str, help: str, examples: str) -> argparse.ArgumentParser:
     return sub.add_parser(
         name, help=help, description=f"{help}\n\nexamples:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter
@@ -80,6 +87,8 @@ def register_leaderboard(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help=f"largest absolute per-case Dice difference (default: {DEFAULT_TOLERANCE:g})")
     verify.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="device of the re-run (default: cpu)")
     verify.add_argument("--seed", type=int, default=None, help="seed of the cell sample (default: drawn from the digest)")
+    verify.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch threads of the re-run (default: the submission's recorded count)")
     verify.set_defaults(handler=_verify)
 
 
@@ -108,7 +117,7 @@ def _verify(args: argparse.Namespace) -> int:
     from .board import Board
     from .verify import verify_entry
 
-    record = verify_entry(Board(args.board), args.entry, args.cells, args.tolerance, args.device, args.seed)
+    record = verify_entry(Board(args.board), args.entry, args.cells, args.tolerance, args.device, args.seed, threads=args.threads)
     print(f"{args.entry}: {record['status']}: {record['summary']}")
     if record["status"] != "verified":
         for cell in record["cells"]:

@@ -1,7 +1,8 @@
 """``bench leaderboard verify``: re-run cells of an entry here and compare per-case Dice.
 
 Each chosen cell becomes a one-cell sweep (its resolved config), run with
-`benchmark.run_sweep` in a temporary folder; the entry is ``verified`` when every
+`benchmark.run_sweep` in a temporary folder with the submission's torch thread count
+(CPU results are bit-identical only at equal thread counts); the entry is ``verified`` when every
 validation case of every re-run cell has the same case ids and a Dice within the
 tolerance of the submitted one (absolute difference; default `DEFAULT_TOLERANCE`).
 """
@@ -25,8 +26,8 @@ DEFAULT_TOLERANCE = 1e-3
 """Largest accepted absolute per-case Dice difference between submission and re-run."""
 
 
-def cell_sweep(cell_config: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """The one-cell sweep (``bench.yaml`` mapping) that reproduces a cell."""
+def cell_sweep(cell_config: dict[str, Any], device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """The one-cell sweep (``bench.yaml`` mapping) that reproduces a cell, with ``threads`` torch threads."""
     return {
         "dataset": dict(cell_config["dataset"]),
         "task": dict(cell_config["task"]),
@@ -36,6 +37,7 @@ def cell_sweep(cell_config: dict[str, Any], device: str = "cpu") -> dict[str, An
         "defenses": [dict(cell_config["defense"])],
         "seeds": [int(cell_config["seed"])],
         "device": device,
+        "executor": {"name": "local", "threads": threads},
     }
 
 
@@ -61,6 +63,7 @@ def verify_entry(
     device: str = "cpu",
     seed: int | None = None,
     workdir: str | Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Re-run cells of an entry, compare per-case Dice, and record the outcome in the entry file.
 
@@ -72,18 +75,21 @@ def verify_entry(
         device: ``cpu``, ``cuda`` or ``auto``. Defaults to ``cpu``.
         seed: seed of the cell sample. Defaults to one drawn from the digest.
         workdir: where re-runs write their results. Defaults to a temporary folder, removed afterwards.
+        threads: torch threads of the re-run. Defaults to the submission's recorded count
+            (``provenance.torch_threads``), else torch's default.
 
     Returns:
         The verification record stored in the entry (``status`` ``verified`` or ``mismatch``).
     """
     entry = board.get(ident)
     cells = choose_cells(entry, which, seed)
+    threads = threads or entry.submission["provenance"].get("torch_threads")
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="poisonbench-verify-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         for cell in cells:
             out = root / cell["key"]
-            config = validate_config(cell_sweep(cell["config"], device), source=f"entry {entry.entry_id}, cell {cell['key']}")
+            config = validate_config(cell_sweep(cell["config"], device, threads), source=f"entry {entry.entry_id}, cell {cell['key']}")
             result = run_sweep(config, out=out, quiet=True)
             with ResultStore(out / "results.sqlite") as store:
                 rerun = store.case_metrics()
@@ -112,6 +118,7 @@ def verify_entry(
         "tolerance": tolerance,
         "cells": outcomes,
         "device": device,
+        "torch_threads": threads,
         "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "package_version": benchmark.package_version(),
         "git_commit": benchmark.git_commit(),

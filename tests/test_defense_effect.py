@@ -45,7 +45,7 @@ def store(tmp_path):
 
 
 def test_recovery_and_clean_cost_against_the_undefended_cells(store):
-    frame = defense_effect_frame(store).set_index("rate")
+    frame = defense_effect_frame(store.runs(), store.case_metrics()).set_index("rate")
     assert list(frame["defense"]) == ["spectral", "spectral"]
     clean, poisoned = np.mean([0.80, 0.90]), np.mean([0.60, 0.50])
     attacked = frame.loc[0.5]
@@ -62,13 +62,13 @@ def test_recovery_and_clean_cost_against_the_undefended_cells(store):
 def test_only_seeds_with_every_reference_cell_count(store):
     # seed 2 has a defended cell but no undefended ones: it must not shift the means
     store.write(_record("spec-5-2", 0.5, {"name": "spectral", "budget": 0.5}, 2, 0.0))
-    attacked = defense_effect_frame(store).set_index("rate").loc[0.5]
+    attacked = defense_effect_frame(store.runs(), store.case_metrics()).set_index("rate").loc[0.5]
     assert attacked["seeds"] == 2 and attacked["recovery"] == pytest.approx(0.75)
 
 
 def test_failed_cells_are_left_out(store):
     store.write(_record("none-5-0", 0.5, {"name": "none"}, 0, 0.0, status="failed"))
-    attacked = defense_effect_frame(store).set_index("rate").loc[0.5]
+    attacked = defense_effect_frame(store.runs(), store.case_metrics()).set_index("rate").loc[0.5]
     # only seed 1 is left: clean 0.9, poisoned 0.5, defended 0.8
     assert attacked["seeds"] == 1 and attacked["dice"] == pytest.approx(0.8) and attacked["recovery"] == pytest.approx(0.75)
 
@@ -76,7 +76,7 @@ def test_failed_cells_are_left_out(store):
 def test_two_configurations_of_one_defense_stay_apart(store):
     for seed, (clean, poisoned) in UNDEFENDED.items():
         store.write(_record(f"spec2-5-{seed}", 0.5, {"name": "spectral", "budget": 0.2}, seed, poisoned))
-    frame = defense_effect_frame(store)
+    frame = defense_effect_frame(store.runs(), store.case_metrics())
     attacked = frame[frame["rate"] == 0.5].set_index("defense")
     assert set(attacked.index) == {"spectral (budget=0.2)", "spectral (budget=0.5)"}
     assert attacked.loc["spectral (budget=0.2)", "recovery"] == pytest.approx(0.0)
@@ -87,7 +87,7 @@ def test_an_attack_that_does_no_damage_has_no_recovery(tmp_path):
     with ResultStore(tmp_path / "results.sqlite") as store:
         for key, rate, defense, dice in [("a", 0.0, "none", 0.8), ("b", 0.5, "none", 0.85), ("c", 0.5, "spectral", 0.8)]:
             store.write(_record(key, rate, {"name": defense}, 0, dice))
-        assert np.isnan(defense_effect_frame(store).loc[0, "recovery"])
+        assert np.isnan(defense_effect_frame(store.runs(), store.case_metrics()).loc[0, "recovery"])
 
 
 def test_clean_reference_falls_back_to_the_none_attack(tmp_path):
@@ -95,12 +95,12 @@ def test_clean_reference_falls_back_to_the_none_attack(tmp_path):
         store.write(_record("clean", 0.0, {"name": "none"}, 0, 0.8, attack={"name": "none"}))
         store.write(_record("hit", 0.5, {"name": "none"}, 0, 0.4))
         store.write(_record("fix", 0.5, {"name": "spectral"}, 0, 0.7))
-        row = defense_effect_frame(store).set_index("attack").loc["gan-synthetic"]
+        row = defense_effect_frame(store.runs(), store.case_metrics()).set_index("attack").loc["gan-synthetic"]
         assert row["dice_clean"] == pytest.approx(0.8) and row["recovery"] == pytest.approx(0.75)
 
 
 def test_sweep_tables_write_defenses_csv_and_report_prints_it(store, tmp_path, capsys):
-    write_sweep_tables(store, tmp_path)
+    write_sweep_tables(store.runs(), store.case_metrics(), tmp_path)
     written = pd.read_csv(tmp_path / "defenses.csv")
     assert written.loc[written["rate"] == 0.5, "recovery"].item() == pytest.approx(0.75)
     store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pandas as pd
@@ -69,6 +70,7 @@ def test_killed_worker_cell_runs_next_time_and_finished_cells_do_not(tiny_config
         ({"name": "process", "num_gpus": 1}, "executor.num_gpus: only the ray executor"),
         ({"name": "ray", "num_cpus": -1}, "executor.num_cpus:"),
         ({"name": "ray", "colour": "red"}, "executor.colour: unknown parameter"),
+        ({"name": "local", "threads": 0}, "executor.threads:"),
     ],
 )
 def test_bad_executor_config_exits_2(executor, fragment, tiny_config, write_config, capsys):
@@ -88,3 +90,24 @@ def test_gpus_per_cell_is_accepted_for_ray(tiny_config, write_config, capsys):
     tiny_config["executor"] = {"name": "ray", "workers": 4, "gpus_per_cell": 0.25}
     assert main(["validate", str(write_config(tiny_config))]) == 0
     assert validate_config(tiny_config).executor.num_gpus == 0.25
+
+
+def _recorded_threads(out):
+    with sqlite3.connect(out / "results.sqlite") as db:
+        return {json.loads(row[0])["torch_threads"] for row in db.execute("SELECT environment_json FROM runs")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", [{"name": "local", "threads": 1}, {"name": "process", "workers": 1, "threads": 1}])
+def test_executor_threads_fix_every_cells_torch_threads(executor, tiny_config, write_config, tmp_path):
+    import torch
+
+    tiny_config["executor"] = executor
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["run", str(write_config(tiny_config)), "--out", str(tmp_path), "--quiet"]) == 0
+        assert _recorded_threads(tmp_path) == {1}
+        assert torch.get_num_threads() == 2  # the driver's own setting is given back
+    finally:
+        torch.set_num_threads(threads_before)

@@ -13,7 +13,7 @@ from ..catalog import REGISTRIES
 from ..config import load_config
 from ..errors import BenchError, ExitCode
 from ..defense_effect import defense_effect_frame
-from ..report import print_defense_effect, print_summary, report_console, summary_frame
+from ..report import print_defense_effect, print_summary, report_console, summarise
 from ..store import ResultStore
 
 __all__ = ["COMMANDS", "add_command", "config_arguments"]
@@ -133,8 +133,9 @@ def _report(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise BenchError(f"{path}: no results database here; run 'bench run --out {args.out}' first.")
     with ResultStore(path) as store:
-        summary = summary_frame(store)
-        effect = defense_effect_frame(store) if args.defenses else None
+        runs, metrics = store.runs(), store.case_metrics()
+    summary = summarise(runs, metrics)
+    effect = defense_effect_frame(runs, metrics) if args.defenses else None
     if summary.empty:
         print(f"{path}: no cells recorded yet.")
         return int(ExitCode.OK)

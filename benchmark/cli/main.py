@@ -26,13 +26,18 @@ class _Parser(argparse.ArgumentParser):
         raise BenchError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``bench`` parser; add-on commands are loaded unless ``argv`` names a core command."""
     parser = _Parser(prog="bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for register in [*commands.COMMANDS, data_commands.register, *_plugin_commands()]:
+    for register in [*commands.COMMANDS, data_commands.register]:
         register(sub)
+    command = next((arg for arg in argv or [] if not arg.startswith("-")), None)
+    if command not in sub.choices:  # scanning installed packages costs more than a resumed sweep
+        for register in _plugin_commands():
+            register(sub)
     return parser
 
 
@@ -56,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     err = Console(stderr=True)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         return int(args.handler(args))
     except BenchError as exc:
         if debug:

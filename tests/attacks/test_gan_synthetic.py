@@ -16,7 +16,7 @@ from attacks.gan_synthetic import (
     sample_path_codes,
     shortest_path_loss,
 )
-from benchmark import ConfigError, RunContext, SliceSet, create_attack
+from benchmark import ConfigError, RunContext, create_attack
 
 TINY = dict(epochs=2, batch_size=4, width=4, blocks=2, disc_width=4, holdout_cases=1)
 

@@ -19,6 +19,8 @@ def test_cell_sweep_round_trips_a_cell_config(bundle):
     sweep = cell_sweep({**cell, "segmenter": {"name": "unet"}, "attack": {"name": "none"}, "defense": {"name": "none"}, "rate": 0.0})
     config = validate_config(sweep)
     assert config.seeds == [cell["seed"]] and config.attacks[0][1] == [0.0] and config.device == "cpu"
+    assert config.executor.name == "local" and config.executor.threads is None
+    assert validate_config(cell_sweep(cell, threads=3)).executor.threads == 3
 
 
 def test_choose_cells_is_reproducible(bundle):
@@ -55,6 +57,9 @@ def test_verify_marks_a_matching_entry_verified_and_a_doctored_one_not(tiny_conf
     assert "verified" in capsys.readouterr().out
     record = Board(board).get(entry_id).verification
     assert record["status"] == "verified" and record["cells"][0]["same_key"] and record["cells"][0]["max_abs_dice_diff"] <= 1e-3
+    # the re-run used the thread count the submission recorded
+    assert bundle["provenance"]["torch_threads"] >= 1
+    assert record["torch_threads"] == bundle["provenance"]["torch_threads"]
 
     assert main(["leaderboard", "verify", f"doctored-{doctored['digest'][:12]}", "--board", str(board)]) == 1
     assert "mismatch" in capsys.readouterr().out
