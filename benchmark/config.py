@@ -69,7 +69,7 @@ class ExecutorConfig(_Strict):
     )
     threads: int | None = Field(
         None, ge=1, le=1024,
-        description="torch CPU threads per cell; unset: all cores (local), cores // workers (process), num_cpus (ray). "
+        description="torch CPU threads per cell; unset: torch's default (local), cores // workers (process), num_cpus (ray). "
         "CPU results are bit-identical only at equal thread counts, so fix it to compare executors or machines",
     )
     address: str | None = Field(None, description="ray: cluster address ('auto', 'ray://host:10001'); unset starts a local Ray")

@@ -9,9 +9,12 @@ cells of the same segmenter and attack, over the seeds both have finished:
 - ``clean_cost`` = clean Dice − the defense's Dice at rate 0: Dice lost to removing
   real cases when nothing is poisoned.
 
-"Dice" is a cell's mean over its validation cases, averaged over seeds; "clean" is the
-``none`` defense at rate 0 of the same attack (or of the ``none`` attack when the attack
-has no rate-0 cell). Detection figures are the defense's reports averaged over seeds.
+"Dice" is a cell's mean over its validation cases, averaged over the seeds counted in
+``seeds``; "clean" is the ``none`` defense at rate 0 of the same attack (or of the ``none``
+attack when the attack has no rate-0 cell; without either, recovery and clean cost stay
+empty). Detection figures are the defense's reports averaged over the same seeds.
+Plugins that appear with several parameter sets are labelled with the parameters that
+differ, e.g. ``spectral (budget=0.2)``, where the CSVs of single cells give the name alone.
 """
 
 from __future__ import annotations
@@ -52,20 +55,25 @@ def defense_effect_frame(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFr
         ["segmenter", "attack", "defense", "rate"], sort=True
     ):
         same_model = undefended[undefended["segmenter"] == segmenter]
+        mine = _dice_by_seed(group)
         without = _dice_by_seed(same_model[(same_model["attack"] == attack) & (same_model["rate"] == rate)])
         clean = _dice_by_seed(_clean_cells(same_model, attack))
-        mine = _dice_by_seed(group)
-        seeds = sorted(set(mine.index) & set(without.index) & set(clean.index))
+        paired = set(mine.index) & set(without.index)
+        seeds = sorted(paired & set(clean.index)) or sorted(paired)  # without a clean cell: Dice only
         row: dict[str, Any] = {"segmenter": segmenter, "attack": attack, "rate": rate, "defense": defense, "seeds": len(seeds)}
         if seeds:
-            dice, dice_without, dice_clean = (float(s.loc[seeds].mean()) for s in (mine, without, clean))
-            damage = dice_clean - dice_without
-            row.update(
-                dice=dice, dice_without=dice_without, dice_clean=dice_clean,
-                recovery=(dice - dice_without) / damage if rate > 0 and damage > 0 else np.nan,
-                clean_cost=dice_clean - dice if rate == 0 else np.nan,
-            )
-        reports = pd.DataFrame(list(group["defense_report"]))
+            dice, dice_without = float(mine.loc[seeds].mean()), float(without.loc[seeds].mean())
+            row.update(dice=dice, dice_without=dice_without)
+            if set(seeds) <= set(clean.index):
+                dice_clean = float(clean.loc[seeds].mean())
+                damage = dice_clean - dice_without
+                row.update(
+                    dice_clean=dice_clean,
+                    recovery=(dice - dice_without) / damage if rate > 0 and damage > 0 else np.nan,
+                    clean_cost=dice_clean - dice if rate == 0 else np.nan,
+                )
+        used = group[group["seed"].isin(seeds)] if seeds else group
+        reports = pd.DataFrame([report or {} for report in used["defense_report"]])
         for figure in DETECTION_FIGURES:
             values = pd.to_numeric(reports.get(figure, pd.Series(dtype=float)), errors="coerce")
             row[figure] = float(values.mean()) if values.notna().any() else np.nan
@@ -75,13 +83,11 @@ def defense_effect_frame(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFr
 
 def _finished_cells(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """Finished runs with their mean validation Dice, plugins named by label."""
-    runs = runs[runs["status"] == FINISHED].copy()
-    if runs.empty:
-        return runs
-    dice = metrics.groupby("cell")["dice"].mean()
-    runs["dice"] = runs["cell_key"].map(dice)
-    for kind in ("segmenter", "attack", "defense"):
+    runs = runs.copy()
+    for kind in ("segmenter", "attack", "defense"):  # labelled over all runs, so a failed cell does not rename others
         runs[kind] = _labels([config[kind] for config in runs["config"]])
+    runs = runs[runs["status"] == FINISHED].copy()
+    runs["dice"] = runs["cell_key"].map(metrics.groupby("cell")["dice"].mean())
     return runs
 
 

@@ -27,7 +27,7 @@ import logging
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -142,7 +142,7 @@ class ProcessExecutor(Executor):
     def __init__(self, spec: WorkerSpec, workers: int, threads: int | None = None):
         self.workers = workers
         cores = os.cpu_count() or 1
-        self.spec = WorkerSpec(**{**spec.__dict__, "threads": threads or max(1, cores // workers)})
+        self.spec = replace(spec, threads=threads or max(1, cores // workers))
         self.lost = []
 
     def run(self, cells: list[Cell]) -> Iterator[CellRecord]:
@@ -173,7 +173,7 @@ class RayExecutor(Executor):
         except ImportError:
             raise BenchError("executor.name: 'ray' needs Ray; install it with: pip install 'poisonbench[ray]'") from None
         self.ray = ray
-        self.spec = WorkerSpec(**{**spec.__dict__, "threads": config.threads or max(1, round(config.num_cpus))})
+        self.spec = replace(spec, threads=config.threads or max(1, round(config.num_cpus)))
         self.config = config
         self.lost = []
 

@@ -102,6 +102,8 @@ def fit_binary_segmentation(
 
     generator = torch.Generator(device=device).manual_seed(context.seed)
     n = len(images)
+    if n == 0:
+        raise ValueError("fit_binary_segmentation: the training set is empty")
     slices_per_epoch = n if steps_per_epoch is None else steps_per_epoch * batch_size
     history = TrainingHistory()
     net.train()
@@ -135,8 +137,8 @@ def _epoch_schedule(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Slice order and per-position flip flags for one epoch of ``slices`` draws.
 
-    Successive passes each shuffle all ``n`` slices, so every slice is seen equally often;
-    one pass draws exactly what a plain shuffled epoch draws.
+    Successive passes each shuffle all ``n`` slices, so every slice is seen equally often
+    to within one; one pass draws exactly what a plain shuffled epoch draws.
     """
     orders, flips = [], []
     for _ in range(-(-slices // n)):

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import benchmark
 from benchmark import METRICS, BenchError, ResultStore, aggregate
@@ -166,7 +166,7 @@ def export_bundle(
         "platform": env.get("platform"),
         "device": env.get("device"),
         "gpu": env.get("gpu"),
-        "torch_threads": env.get("torch_threads"),
+        "torch_threads": _common_thread_count(finished["environment"]),
         "git_commit": env.get("git_commit") or benchmark.git_commit(),
         "dataset_fingerprint": env.get("dataset_fingerprint") or _dataset_fingerprint(config["dataset"]),
         "cell_keys": [c["key"] for c in cells],
@@ -198,6 +198,12 @@ def write_bundle(bundle: dict[str, Any], path: str | Path) -> Path:
     tmp.write_text(json.dumps(bundle, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def _common_thread_count(environments: Iterable[dict[str, Any] | None]) -> int | None:
+    """The torch thread count every cell ran with, or None when they differ or were not recorded."""
+    counts = {(env or {}).get("torch_threads") for env in environments}
+    return counts.pop() if len(counts) == 1 else None
 
 
 def _iso(timestamp: float) -> str:

@@ -85,6 +85,7 @@ def verify_entry(
     cells = choose_cells(entry, which, seed)
     threads = threads or entry.submission["provenance"].get("torch_threads")
     outcomes = []
+    used_threads: set[int | None] = set()
     with tempfile.TemporaryDirectory(prefix="poisonbench-verify-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         for cell in cells:
@@ -93,6 +94,7 @@ def verify_entry(
             result = run_sweep(config, out=out, quiet=True)
             with ResultStore(out / "results.sqlite") as store:
                 rerun = store.case_metrics()
+                used_threads.update(env.get("torch_threads") for env in store.runs()["environment"])
             submitted = {c["case"]: float(c["dice"]) for c in cell["cases"]}
             got = {str(r["case"]): float(r["dice"]) for _, r in rerun.iterrows()}
             same_cases = sorted(submitted) == sorted(got)
@@ -118,7 +120,7 @@ def verify_entry(
         "tolerance": tolerance,
         "cells": outcomes,
         "device": device,
-        "torch_threads": threads,
+        "torch_threads": used_threads.pop() if len(used_threads) == 1 else None,  # as the re-runs recorded it
         "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "package_version": benchmark.package_version(),
         "git_commit": benchmark.git_commit(),

@@ -113,7 +113,7 @@ def test_report_defenses_without_defended_cells_says_so(tmp_path, capsys):
     with ResultStore(tmp_path / "results.sqlite") as store:
         store.write(_record("clean", 0.0, {"name": "none"}, 0, 0.8))
     assert main(["report", "--out", str(tmp_path), "--defenses"]) == 0
-    assert "no cells with a defense other than 'none'" in capsys.readouterr().out
+    assert "no finished cells with a defense other than 'none'" in capsys.readouterr().out
 
 
 def test_a_defended_sweep_writes_one_row_per_defense_and_rate(tiny_config, write_config, tmp_path):
@@ -128,3 +128,25 @@ def test_a_defended_sweep_writes_one_row_per_defense_and_rate(tiny_config, write
     assert written.set_index("rate").loc[0.5, "removed_fraction"] == pytest.approx(detection.loc[0.5, "removed_fraction"])
     results = pd.read_csv(out / "results.csv").groupby(["defense", "rate"])["dice"].mean()
     assert written.set_index("rate").loc[0.0, "clean_cost"] == pytest.approx(results[("none", 0.0)] - results[("spectral", 0.0)])
+
+
+def test_without_a_clean_cell_dice_is_still_compared(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        store.write(_record("hit", 0.5, {"name": "none"}, 0, 0.4))
+        store.write(_record("fix", 0.5, {"name": "spectral"}, 0, 0.7, defense_report={"auroc": 1.0}))
+        row = defense_effect_frame(store.runs(), store.case_metrics()).iloc[0]
+    assert row["seeds"] == 1 and row["dice"] == pytest.approx(0.7) and row["dice_without"] == pytest.approx(0.4)
+    assert np.isnan(row["dice_clean"]) and np.isnan(row["recovery"]) and row["auroc"] == 1.0
+
+
+def test_detection_figures_come_from_the_seeds_that_are_compared(store):
+    # seed 2 is defended only; its AUROC must not enter the mean over seeds 0 and 1
+    store.write(_record("spec-5-2", 0.5, {"name": "spectral", "budget": 0.5}, 2, 0.0, defense_report={"auroc": 0.0}))
+    attacked = defense_effect_frame(store.runs(), store.case_metrics()).set_index("rate").loc[0.5]
+    assert attacked["auroc"] == pytest.approx(0.95)
+
+
+def test_a_failed_cell_does_not_change_the_labels(store):
+    store.write(_record("spec2-5-0", 0.5, {"name": "spectral", "budget": 0.2}, 0, 0.0, status="failed"))
+    frame = defense_effect_frame(store.runs(), store.case_metrics())
+    assert set(frame["defense"]) == {"spectral (budget=0.5)"}

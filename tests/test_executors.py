@@ -111,3 +111,34 @@ def test_executor_threads_fix_every_cells_torch_threads(executor, tiny_config, w
         assert torch.get_num_threads() == 2  # the driver's own setting is given back
     finally:
         torch.set_num_threads(threads_before)
+
+
+class _CellFails(Exception):
+    pass
+
+
+@pytest.mark.parametrize("ending", ["cell raises", "closed early"])
+def test_local_executor_gives_back_the_thread_count_however_it_ends(ending):
+    import torch
+
+    from benchmark.executors import LocalExecutor
+
+    def run_cell(cell):
+        assert torch.get_num_threads() == 1
+        if ending == "cell raises":
+            raise _CellFails
+        return cell
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        records = LocalExecutor(run_cell, threads=1).run(["a", "b"])
+        if ending == "cell raises":
+            with pytest.raises(_CellFails):
+                next(records)
+        else:
+            assert next(records) == "a"
+            records.close()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads_before)

@@ -61,13 +61,48 @@ def test_fixed_steps_per_epoch_draw_every_slice_equally_often(n):
         assert sum(seen) == 24 and max(seen) - min(seen) <= 1
 
 
-def test_steps_covering_exactly_one_pass_train_as_the_default_epoch():
-    runs = []
-    for steps in (None, 4):
-        torch.manual_seed(0)
-        net = RecordingNet()
-        history = _fit(net, n=16, epochs=3, batch_size=4, steps_per_epoch=steps, flip_augment=True)
-        runs.append((net.batches, history.losses, [p.detach().clone() for p in net.parameters()]))
-    assert runs[0][0] == runs[1][0] and runs[0][1] == runs[1][1]
-    for a, b in zip(runs[0][2], runs[1][2]):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+class FlipRecordingNet(nn.Module):
+    """Records (slice id, flipped) per row: image i holds 10 * i + column, so a flip shows."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.rows: list[tuple[int, bool]] = []
+
+    def forward(self, x):
+        first = x[:, 0, 0, 0].round().long()
+        self.rows.extend((int(v) // 10, int(v) % 10 == 3) for v in first)
+        return self.conv(x)
+
+
+def _plain_epoch_schedule(n, batch_size, epochs, seed):
+    """The one-pass epoch as the loop drew it before steps_per_epoch existed: one shuffle,
+    then one flip flag per slice id."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        flips = torch.rand(n, generator=generator) < 0.5
+        for start in range(0, n, batch_size):
+            index = order[start : start + batch_size]
+            rows.extend(zip(index.tolist(), flips[index].tolist()))
+    return rows
+
+
+@pytest.mark.parametrize("steps", [None, 4])
+def test_one_pass_draws_exactly_the_plain_shuffled_epoch(steps):
+    n, batch_size, epochs = 16, 4, 3
+    images = (10 * np.arange(n, dtype=np.float32)[:, None, None, None] + np.arange(4, dtype=np.float32)).repeat(4, axis=2)
+    masks = np.zeros((n, 4, 4), np.uint8)
+    masks[:, :, :2] = 1  # left half: a flip changes the target
+    net = FlipRecordingNet()
+    fit_binary_segmentation(
+        net, images, masks, RunContext(device="cpu", seed=5), epochs, batch_size, 1e-3, steps_per_epoch=steps
+    )
+    assert net.rows == _plain_epoch_schedule(n, batch_size, epochs, seed=5)
+    assert any(flipped for _, flipped in net.rows) and not all(flipped for _, flipped in net.rows)
+
+
+def test_an_empty_training_set_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        _fit(RecordingNet(), n=0, epochs=1, batch_size=4)

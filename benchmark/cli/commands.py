@@ -142,7 +142,7 @@ def _report(args: argparse.Namespace) -> int:
     if effect is None:
         print_summary(summary, report_console())
     elif effect.empty:
-        print(f"{path}: no cells with a defense other than 'none'.")
+        print(f"{path}: no finished cells with a defense other than 'none'.")
     else:
         print_defense_effect(effect, report_console())
     return int(ExitCode.CELL_FAILED if (summary["status"] != "finished").any() else ExitCode.OK)

@@ -36,7 +36,10 @@ def test_choose_cells_is_reproducible(bundle):
 
 @pytest.mark.slow
 def test_verify_marks_a_matching_entry_verified_and_a_doctored_one_not(tiny_config, write_config, tmp_path, capsys, helpers):
+    import torch
+
     out, board, site = tmp_path / "out", tmp_path / "board", tmp_path / "site"
+    tiny_config["executor"] = {"name": "local", "threads": 1}  # the verifier below runs with 2 by default
     assert main(["run", str(write_config(tiny_config)), "--out", str(out), "--quiet"]) == 0
     sub = tmp_path / "sub.json"
     assert main(["export", "--out", str(out), "--to", str(sub), "--name", "Honest"]) == 0
@@ -53,13 +56,17 @@ def test_verify_marks_a_matching_entry_verified_and_a_doctored_one_not(tiny_conf
     assert main(["leaderboard", "add", str(helpers.dump(doctored, tmp_path / "doc.json")), "--board", str(board)]) == 0
     capsys.readouterr()
 
-    assert main(["leaderboard", "verify", entry_id, "--board", str(board)]) == 0
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["leaderboard", "verify", entry_id, "--board", str(board)]) == 0
+    finally:
+        torch.set_num_threads(threads_before)
     assert "verified" in capsys.readouterr().out
     record = Board(board).get(entry_id).verification
     assert record["status"] == "verified" and record["cells"][0]["same_key"] and record["cells"][0]["max_abs_dice_diff"] <= 1e-3
-    # the re-run used the thread count the submission recorded
-    assert bundle["provenance"]["torch_threads"] >= 1
-    assert record["torch_threads"] == bundle["provenance"]["torch_threads"]
+    # the re-run recorded the submission's thread count, not the verifier's 2
+    assert bundle["provenance"]["torch_threads"] == 1 and record["torch_threads"] == 1
 
     assert main(["leaderboard", "verify", f"doctored-{doctored['digest'][:12]}", "--board", str(board)]) == 1
     assert "mismatch" in capsys.readouterr().out
