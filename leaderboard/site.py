@@ -184,10 +184,10 @@ def markdown_board(analysis: Analysis, generated: str) -> str:
     )
     lines += ["## Defenses", ""]
     table(
-        ["entry", "status", "segmenter", "attack", "defense", "AUROC", "AP", "mean Dice recovered", "clean cost"],
+        ["entry", "status", "segmenter", "attack", "defense", "AUROC", "AP", "mean Dice recovered", "mean recovery", "clean cost"],
         [
             [_md(r["submitter"] or r["entry"]), r["status"], _md(r["segmenter"]), _md(r["attack"]), _md(r["defense"]), _fmt(r["auroc"]),
-             _fmt(r["ap"]), _fmt(r["mean_recovered"]), _fmt(r["clean_cost"])]
+             _fmt(r["ap"]), _fmt(r["mean_recovered"]), _fmt(r["mean_recovery"]), _fmt(r["clean_cost"])]
             for r in analysis.defenses
         ],
     )

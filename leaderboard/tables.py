@@ -256,10 +256,17 @@ def analyse(entries: list[Entry]) -> Analysis:
                     (k for k, g in groups.items() if k[:4] == (ds, seg, atk, group.rate) and g.defense.get("name") == "none"), None
                 )
                 defended_row = rows_by_group[key]
-                gain = None
+                gain = recovery = None
                 if undefended is not None and defended_row["dice"] is not None and rows_by_group[undefended]["dice"] is not None:
-                    gain = _round(defended_row["dice"] - rows_by_group[undefended]["dice"])
-                recovered.append({"rate": group.rate, "dice": defended_row["dice"], "recovered": gain, "auroc": defended_row["auroc"], "ap": defended_row["ap"]})
+                    without = rows_by_group[undefended]["dice"]
+                    gain = _round(defended_row["dice"] - without)
+                    # recovery: the share of the attack's damage won back (1 = clean Dice restored)
+                    clean_of_attack = _clean_for(groups[undefended], groups)
+                    clean_dice = rows_by_group[_key_of(clean_of_attack, groups)]["dice"] if clean_of_attack else None
+                    if group.rate > 0 and clean_dice is not None and clean_dice > without:
+                        recovery = _round((defended_row["dice"] - without) / (clean_dice - without))
+                recovered.append({"rate": group.rate, "dice": defended_row["dice"], "recovered": gain, "recovery": recovery,
+                                  "auroc": defended_row["auroc"], "ap": defended_row["ap"]})
             # clean cost: Dice lost when the defense runs on clean data (rate 0, attack 'none' preferred)
             clean_cost = None
             at_zero = sorted(
@@ -274,6 +281,7 @@ def analyse(entries: list[Entry]) -> Analysis:
             aurocs = [r["auroc"] for r in recovered if r["auroc"] is not None]
             aps = [r["ap"] for r in recovered if r["ap"] is not None]
             gains = [r["recovered"] for r in recovered if r["recovered"] is not None and r["rate"] > 0]
+            recoveries = [r["recovery"] for r in recovered if r["recovery"] is not None]
             defenses.append(
                 {
                     **_identity(entry, first),
@@ -283,6 +291,7 @@ def analyse(entries: list[Entry]) -> Analysis:
                     "ap": _round(float(np.mean(aps))) if aps else None,
                     "points": recovered,
                     "mean_recovered": _round(float(np.mean(gains))) if gains else None,
+                    "mean_recovery": _round(float(np.mean(recoveries))) if recoveries else None,
                     "clean_cost": clean_cost,
                 }
             )

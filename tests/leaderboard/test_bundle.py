@@ -91,6 +91,9 @@ def test_export_add_build_round_trip(results_dir, tmp_path, capsys):
     assert defense["clean_cost"] == pytest.approx(0.01, abs=1e-6)
     assert [p["rate"] for p in defense["points"]] == [0.25, 0.5, 1.0]
     assert [p["recovered"] for p in defense["points"]] == pytest.approx([0.015, 0.05, 0.15], abs=1e-6)
+    # the defense wins back half of each rate's drop
+    assert [p["recovery"] for p in defense["points"]] == pytest.approx([0.5, 0.5, 0.5], abs=1e-6)
+    assert defense["mean_recovery"] == pytest.approx(0.5, abs=1e-6)
     (segmenter,) = data["segmenters"]
     assert segmenter["drops"][attack["attack"]] == pytest.approx(0.10, abs=1e-3)
 
