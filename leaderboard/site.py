@@ -262,10 +262,10 @@ def build_site(board: Board, out: str | Path, now: str | None = None) -> BuildRe
         reports = [
             {
                 "key": c["key"],
-                "segmenter": plugin_label(c["config"]["segmenter"]),
-                "attack": plugin_label(c["config"]["attack"]),
+                "segmenter": plugin_label(c["config"]["segmenter"], "segmenter"),
+                "attack": plugin_label(c["config"]["attack"], "attack"),
                 "rate": c["config"]["rate"],
-                "defense": plugin_label(c["config"]["defense"]),
+                "defense": plugin_label(c["config"]["defense"], "defense"),
                 "seed": c["config"]["seed"],
                 "attack_report": json.dumps(c.get("attack_report"), indent=1, sort_keys=True, ensure_ascii=False) if c.get("attack_report") else "—",
                 "defense_report": json.dumps(c.get("defense_report"), indent=1, sort_keys=True, ensure_ascii=False) if c.get("defense_report") else "—",

@@ -13,12 +13,13 @@ import hashlib
 import json
 import math
 from collections import defaultdict
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from benchmark import aggregate
+from benchmark import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, ConfigError, aggregate
 
 from .board import Entry
 from .stats import DROP_FRACTION, dose_response_auc, paired_test, rate_at_drop, value_at_rate
@@ -34,13 +35,40 @@ def _ident(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def plugin_label(spec: dict[str, Any]) -> str:
-    """``name`` plus its parameters, e.g. ``unet (epochs=2, lr=0.003)``."""
-    params = {k: v for k, v in spec.items() if k != "name"}
+_REGISTRIES = {"dataset": DATASETS, "segmenter": SEGMENTERS, "attack": ATTACKS, "defense": DEFENSES}
+
+
+def plugin_label(spec: dict[str, Any], kind: str | None = None) -> str:
+    """``name`` plus its parameters, e.g. ``unet (epochs=2, lr=0.003)``.
+
+    With ``kind`` (``dataset``, ``segmenter``, ``attack``, ``defense``) parameters equal to
+    the installed plugin's defaults are left out, so labels show what a submission chose;
+    a plugin not installed here is labelled with all its parameters.
+    """
+    defaults = _defaults(kind, str(spec.get("name"))) if kind else {}
+    params = {k: v for k, v in spec.items() if k != "name" and (k not in defaults or _canonical(v) != defaults[k])}
     if not params:
         return str(spec.get("name", "?"))
     inner = ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(params.items()))
     return f"{spec.get('name', '?')} ({inner})"
+
+
+@lru_cache(maxsize=None)
+def _defaults(kind: str, name: str) -> dict[str, str]:
+    """Canonical JSON of each optional parameter's default for an installed plugin."""
+    try:
+        params = _REGISTRIES[kind].get(name).Params
+    except ConfigError:
+        return {}
+    return {
+        key: _canonical(field_info.get_default(call_default_factory=True))
+        for key, field_info in params.model_fields.items()
+        if not field_info.is_required()
+    }
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 @dataclass
@@ -112,8 +140,8 @@ def _identity(entry: Entry, group: _Group) -> dict[str, Any]:
         "entry": entry.entry_id,
         "status": entry.status,
         "submitter": entry.submitter.get("name", ""),
-        "dataset": plugin_label(group.dataset),
-        "segmenter": plugin_label(group.segmenter),
+        "dataset": plugin_label(group.dataset, "dataset"),
+        "segmenter": plugin_label(group.segmenter, "segmenter"),
     }
 
 
@@ -148,15 +176,15 @@ def analyse(entries: list[Entry]) -> Analysis:
         )
         groups = _groups(entry)
         rows_by_group: dict[tuple, dict[str, Any]] = {}
-        for key, group in sorted(groups.items(), key=lambda kv: (plugin_label(kv[1].segmenter), kv[1].attack.get("name"), kv[1].defense.get("name"), kv[1].rate)):
+        for key, group in sorted(groups.items(), key=lambda kv: (plugin_label(kv[1].segmenter, "segmenter"), kv[1].attack.get("name"), kv[1].defense.get("name"), kv[1].rate)):
             seeds = sorted(group.cells)
             clean = _clean_for(group, groups)
             row: dict[str, Any] = {
                 **_identity(entry, group),
-                "attack": plugin_label(group.attack),
+                "attack": plugin_label(group.attack, "attack"),
                 "attack_name": group.attack.get("name"),
                 "rate": group.rate,
-                "defense": plugin_label(group.defense),
+                "defense": plugin_label(group.defense, "defense"),
                 "defense_name": group.defense.get("name"),
                 "seeds": seeds,
             }
@@ -195,7 +223,7 @@ def analyse(entries: list[Entry]) -> Analysis:
                 by_attack[(key[0], key[1], key[2])].append((key, group))
         seg_drops: dict[tuple, dict[str, float | None]] = defaultdict(dict)
         seg_clean: dict[tuple, float | None] = {}
-        for (ds, seg, _), members in sorted(by_attack.items(), key=lambda kv: plugin_label(kv[1][0][1].segmenter)):
+        for (ds, seg, _), members in sorted(by_attack.items(), key=lambda kv: plugin_label(kv[1][0][1].segmenter, "segmenter")):
             members.sort(key=lambda m: m[1].rate)
             first = members[0][1]
             clean = _clean_for(first, groups)
@@ -207,7 +235,7 @@ def analyse(entries: list[Entry]) -> Analysis:
             clean_dice = dice[0] if rates and rates[0] == 0.0 else None
             row = {
                 **_identity(entry, first),
-                "attack": plugin_label(first.attack),
+                "attack": plugin_label(first.attack, "attack"),
                 "attack_name": first.attack.get("name"),
                 "clean_dice": clean_dice,
                 "points": [
@@ -224,9 +252,9 @@ def analyse(entries: list[Entry]) -> Analysis:
             seg_key = (ds, seg)
             seg_clean[seg_key] = clean_dice
             at_half = value_at_rate(rates, dice, ROBUSTNESS_RATE) if clean_dice is not None else None
-            seg_drops[seg_key][plugin_label(first.attack)] = _round(clean_dice - at_half) if at_half is not None else None
+            seg_drops[seg_key][plugin_label(first.attack, "attack")] = _round(clean_dice - at_half) if at_half is not None else None
         seg_labels = {(_ident(g.dataset), _ident(g.segmenter)): g for g in groups.values()}
-        for (ds, seg), group in sorted(seg_labels.items(), key=lambda kv: plugin_label(kv[1].segmenter)):
+        for (ds, seg), group in sorted(seg_labels.items(), key=lambda kv: plugin_label(kv[1].segmenter, "segmenter")):
             drops = seg_drops.get((ds, seg), {})
             known = [v for v in drops.values() if v is not None]
             clean = _clean_for(group, groups)
@@ -244,7 +272,7 @@ def analyse(entries: list[Entry]) -> Analysis:
         for key, group in groups.items():
             if group.defense.get("name") != "none":
                 by_defense[(key[0], key[1], key[2], key[4])].append((key, group))
-        for (ds, seg, atk, dfn), members in sorted(by_defense.items(), key=lambda kv: (plugin_label(kv[1][0][1].segmenter), kv[1][0][1].attack.get("name"))):
+        for (ds, seg, atk, dfn), members in sorted(by_defense.items(), key=lambda kv: (plugin_label(kv[1][0][1].segmenter, "segmenter"), kv[1][0][1].attack.get("name"))):
             members.sort(key=lambda m: m[1].rate)
             first = members[0][1]
             others = [k for k in by_defense if k[:2] == (ds, seg) and k[3] == dfn and k[2] != atk]
@@ -285,8 +313,8 @@ def analyse(entries: list[Entry]) -> Analysis:
             defenses.append(
                 {
                     **_identity(entry, first),
-                    "attack": plugin_label(first.attack),
-                    "defense": plugin_label(first.defense),
+                    "attack": plugin_label(first.attack, "attack"),
+                    "defense": plugin_label(first.defense, "defense"),
                     "auroc": _round(float(np.mean(aurocs))) if aurocs else None,
                     "ap": _round(float(np.mean(aps))) if aps else None,
                     "points": recovered,
