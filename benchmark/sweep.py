@@ -19,7 +19,7 @@ from .locking import OutputLock
 from .outputs import write_sweep_tables
 from .plugins import RunContext
 from .progress import make_progress, tracker
-from .report import print_summary, summarise
+from .report import print_defense_effect, print_summary, summarise
 from .runner import CellRunner, plan_sweep
 from .splitting import split_cases
 from .store import FINISHED, ResultStore
@@ -77,8 +77,9 @@ def run_sweep(
     """Run every cell of ``config`` that is not finished yet (all of them with ``force``).
 
     Results are written to ``OUT/results.sqlite`` one transaction per cell, then
-    ``OUT/results.csv``, ``attacks.csv``, ``detection.csv``, ``defenses.csv`` and a summary table. One run
-    at a time holds the output folder (see `benchmark.locking`).
+    ``OUT/results.csv``, ``attacks.csv``, ``detection.csv`` and ``defenses.csv``, and the
+    summary tables are printed (per cell; per defense when the sweep has one). One run at a
+    time holds the output folder (see `benchmark.locking`).
     """
     console = console or Console(stderr=True)
     out_dir = Path(out if out is not None else config.out)
@@ -130,12 +131,14 @@ def run_sweep(
         elif not quiet:
             console.print(f"all {len(plan.cells)} cells already finished in {out_dir}; nothing to run (use --force to rerun).")
         runs, metrics = store.runs(keys), store.case_metrics(keys)  # read once for every table
-        write_sweep_tables(runs, metrics, out_dir)
+        tables = write_sweep_tables(runs, metrics, out_dir)
         summary = summarise(runs, metrics)
         if ran:
             _draw_dose_response(summary, out_dir / "figures")
     if not quiet:
         print_summary(summary, console)
+        if not tables["defenses"].empty:
+            print_defense_effect(tables["defenses"], console)
     incomplete = lost or (summary["status"] != FINISHED).any() or len(summary) < len(keys)
     exit_code = ExitCode.CELL_FAILED if incomplete else ExitCode.OK
     return SweepResult(exit_code, ran, skipped, failed, summary, out_dir, lost)
