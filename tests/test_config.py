@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmark.cli import main
-from benchmark.config import apply_overrides, expand_cells, validate_config
+from benchmark.config import apply_overrides, expand_cells, load_config, validate_config
 from benchmark.errors import ConfigError
 
 
@@ -123,3 +125,15 @@ def test_config_error_lists_problems(tiny_config):
     with pytest.raises(ConfigError) as info:
         validate_config(tiny_config)
     assert any(p.startswith("seeds") for p in info.value.problems)
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")) + [
+    Path(__file__).resolve().parents[1] / "bench.yaml"
+]
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_is_valid_and_pins_the_thread_count(path):
+    assert main(["validate", str(path)]) == 0
+    # the README's numbers come from one torch thread per cell
+    assert load_config(path).executor.threads == 1
