@@ -30,6 +30,7 @@ from .identity import NoAttack, NoDefense
 from .metrics import METRICS, Aggregate, aggregate, case_metrics
 from .outputs import RESULTS_CSV_COLUMNS
 from .report import summary_frame
+from .defense_effect import RECOVERY_MIN_DAMAGE, defense_effect_frame
 from .store import ResultStore
 from .sweep import SweepResult, run_sweep
 from .plugins import (
@@ -62,6 +63,8 @@ __all__ = [
     "load_config",
     "package_version",
     "summary_frame",
+    "RECOVERY_MIN_DAMAGE",
+    "defense_effect_frame",
     "run_sweep",
     "SweepResult",
     "validate_config",

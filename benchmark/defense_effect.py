@@ -5,14 +5,15 @@ cells of the same segmenter and attack, over the seeds both have finished:
 
 - ``recovery`` = (Dice with the defense − Dice without) / (clean Dice − Dice without):
   1 when the defense restores clean Dice, 0 when it changes nothing, negative when it
-  makes things worse; empty where the attack did not lower Dice.
+  makes things worse; empty where the attack lowered Dice by less than
+  `RECOVERY_MIN_DAMAGE` (a ratio over a tiny damage is noise).
 - ``clean_cost`` = clean Dice − the defense's Dice at rate 0: Dice lost to removing
   real cases when nothing is poisoned.
 
 "Dice" is a cell's mean over its validation cases, averaged over the seeds counted in
-``seeds``; "clean" is the ``none`` defense at rate 0 of the same attack (or of the ``none``
-attack when the attack has no rate-0 cell; without either, recovery and clean cost stay
-empty). Detection figures are the defense's reports averaged over the same seeds.
+``seeds``; "clean" is the ``none`` defense at rate 0 of the ``none`` attack (or, without
+one, of the same attack; without either, recovery and clean cost stay empty) — the
+leaderboard's choice too. Detection figures are the defense's reports averaged over the same seeds.
 Plugins that appear with several parameter sets are labelled with the parameters that
 differ, e.g. ``spectral (budget=0.2)``, where the CSVs of single cells give the name alone.
 """
@@ -28,7 +29,10 @@ import pandas as pd
 from .identity import NO_ATTACK, NO_DEFENSE
 from .store import FINISHED
 
-__all__ = ["DEFENSE_EFFECT_COLUMNS", "defense_effect_frame"]
+__all__ = ["DEFENSE_EFFECT_COLUMNS", "RECOVERY_MIN_DAMAGE", "defense_effect_frame"]
+
+RECOVERY_MIN_DAMAGE = 0.01
+"""Smallest Dice drop (clean − attacked) for which a recovery ratio is given."""
 
 DETECTION_FIGURES = ["auroc", "ap", "precision", "recall", "f1", "removed_fraction"]
 DEFENSE_EFFECT_COLUMNS = [
@@ -69,7 +73,7 @@ def defense_effect_frame(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFr
                 damage = dice_clean - dice_without
                 row.update(
                     dice_clean=dice_clean,
-                    recovery=(dice - dice_without) / damage if rate > 0 and damage > 0 else np.nan,
+                    recovery=(dice - dice_without) / damage if rate > 0 and damage >= RECOVERY_MIN_DAMAGE else np.nan,
                     clean_cost=dice_clean - dice if rate == 0 else np.nan,
                 )
         used = group[group["seed"].isin(seeds)] if seeds else group
@@ -107,8 +111,8 @@ def _labels(configs: list[dict[str, Any]]) -> list[str]:
 
 def _clean_cells(undefended: pd.DataFrame, attack: str) -> pd.DataFrame:
     clean = undefended[undefended["rate"] == 0]
-    own = clean[clean["attack"] == attack]
-    return own if not own.empty else clean[clean["attack"] == NO_ATTACK]
+    no_attack = clean[clean["attack"] == NO_ATTACK]
+    return no_attack if not no_attack.empty else clean[clean["attack"] == attack]
 
 
 def _dice_by_seed(cells: pd.DataFrame) -> pd.Series:

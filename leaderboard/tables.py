@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, ConfigError, aggregate
+from benchmark import ATTACKS, DATASETS, DEFENSES, RECOVERY_MIN_DAMAGE, SEGMENTERS, ConfigError, aggregate
 
 from .board import Entry
 from .stats import DROP_FRACTION, dose_response_auc, paired_test, rate_at_drop, value_at_rate
@@ -42,8 +42,8 @@ def plugin_label(spec: dict[str, Any], kind: str | None = None) -> str:
     """``name`` plus its parameters, e.g. ``unet (epochs=2, lr=0.003)``.
 
     With ``kind`` (``dataset``, ``segmenter``, ``attack``, ``defense``) parameters equal to
-    the installed plugin's defaults are left out, so labels show what a submission chose;
-    a plugin not installed here is labelled with all its parameters.
+    the defaults of the plugin as installed here are left out, which keeps labels short; a
+    plugin not installed here is labelled with all its parameters.
     """
     defaults = _defaults(kind, str(spec.get("name"))) if kind else {}
     params = {k: v for k, v in spec.items() if k != "name" and (k not in defaults or _canonical(v) != defaults[k])}
@@ -53,13 +53,17 @@ def plugin_label(spec: dict[str, Any], kind: str | None = None) -> str:
     return f"{spec.get('name', '?')} ({inner})"
 
 
-@lru_cache(maxsize=None)
 def _defaults(kind: str, name: str) -> dict[str, str]:
-    """Canonical JSON of each optional parameter's default for an installed plugin."""
+    """Canonical JSON of each optional parameter's default for an installed plugin ({} if not installed)."""
     try:
         params = _REGISTRIES[kind].get(name).Params
     except ConfigError:
         return {}
+    return _param_defaults(params)
+
+
+@lru_cache(maxsize=None)
+def _param_defaults(params: type) -> dict[str, str]:
     return {
         key: _canonical(field_info.get_default(call_default_factory=True))
         for key, field_info in params.model_fields.items()
@@ -284,15 +288,7 @@ def analyse(entries: list[Entry]) -> Analysis:
                     (k for k, g in groups.items() if k[:4] == (ds, seg, atk, group.rate) and g.defense.get("name") == "none"), None
                 )
                 defended_row = rows_by_group[key]
-                gain = recovery = None
-                if undefended is not None and defended_row["dice"] is not None and rows_by_group[undefended]["dice"] is not None:
-                    without = rows_by_group[undefended]["dice"]
-                    gain = _round(defended_row["dice"] - without)
-                    # recovery: the share of the attack's damage won back (1 = clean Dice restored)
-                    clean_of_attack = _clean_for(groups[undefended], groups)
-                    clean_dice = rows_by_group[_key_of(clean_of_attack, groups)]["dice"] if clean_of_attack else None
-                    if group.rate > 0 and clean_dice is not None and clean_dice > without:
-                        recovery = _round((defended_row["dice"] - without) / (clean_dice - without))
+                gain, recovery = _recovery(group, groups[undefended], groups) if undefended is not None else (None, None)
                 recovered.append({"rate": group.rate, "dice": defended_row["dice"], "recovered": gain, "recovery": recovery,
                                   "auroc": defended_row["auroc"], "ap": defended_row["ap"]})
             # clean cost: Dice lost when the defense runs on clean data (rate 0, attack 'none' preferred)
@@ -324,6 +320,31 @@ def analyse(entries: list[Entry]) -> Analysis:
                 }
             )
     return Analysis(entry_rows, cell_rows, attacks, defenses, segmenters, curves, sorted({k for s in segmenters for k in s["drops"]}))
+
+
+def _recovery(defended: _Group, undefended: _Group, groups: dict[tuple, _Group]) -> tuple[float | None, float | None]:
+    """Dice won back over no defense, and that gain as a share of the attack's damage.
+
+    Each compares over the seeds the groups share, with the clean baseline of
+    `_clean_for`, as `benchmark.defense_effect_frame` does for ``defenses.csv``.
+    """
+    def mean_dice(group: _Group, seeds: list[int]) -> float | None:
+        values = group.per_case("dice", seeds)
+        return float(np.mean(list(values.values()))) if values else None
+
+    paired = sorted(set(defended.cells) & set(undefended.cells))
+    with_defense, without = mean_dice(defended, paired), mean_dice(undefended, paired)
+    if with_defense is None or without is None:
+        return None, None
+    gain = _round(with_defense - without)
+    clean = _clean_for(undefended, groups)
+    shared = sorted(set(paired) & set(clean.cells)) if clean is not None and defended.rate > 0 else []
+    if not shared:
+        return gain, None
+    with_defense, without, clean_dice = (mean_dice(g, shared) for g in (defended, undefended, clean))
+    if None in (with_defense, without, clean_dice) or clean_dice - without < RECOVERY_MIN_DAMAGE:
+        return gain, None
+    return gain, _round((with_defense - without) / (clean_dice - without))
 
 
 def _key_of(group: _Group, groups: dict[tuple, _Group]) -> tuple:

@@ -90,13 +90,25 @@ def test_an_attack_that_does_no_damage_has_no_recovery(tmp_path):
         assert np.isnan(defense_effect_frame(store.runs(), store.case_metrics()).loc[0, "recovery"])
 
 
-def test_clean_reference_falls_back_to_the_none_attack(tmp_path):
+@pytest.mark.parametrize("with_own_clean_cell", [False, True])
+def test_the_none_attack_is_the_preferred_clean_reference(tmp_path, with_own_clean_cell):
     with ResultStore(tmp_path / "results.sqlite") as store:
         store.write(_record("clean", 0.0, {"name": "none"}, 0, 0.8, attack={"name": "none"}))
+        if with_own_clean_cell:  # the attack's own rate-0 cell is not used while a 'none' attack cell exists
+            store.write(_record("own-clean", 0.0, {"name": "none"}, 0, 0.6))
         store.write(_record("hit", 0.5, {"name": "none"}, 0, 0.4))
         store.write(_record("fix", 0.5, {"name": "spectral"}, 0, 0.7))
         row = defense_effect_frame(store.runs(), store.case_metrics()).set_index("attack").loc["gan-synthetic"]
         assert row["dice_clean"] == pytest.approx(0.8) and row["recovery"] == pytest.approx(0.75)
+
+
+def test_no_recovery_ratio_over_a_negligible_damage(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        store.write(_record("clean", 0.0, {"name": "none"}, 0, 0.800))
+        store.write(_record("hit", 0.5, {"name": "none"}, 0, 0.795))
+        store.write(_record("fix", 0.5, {"name": "spectral"}, 0, 0.700))
+        row = defense_effect_frame(store.runs(), store.case_metrics()).iloc[0]
+    assert row["dice"] == pytest.approx(0.7) and np.isnan(row["recovery"])  # not −19
 
 
 def test_sweep_tables_write_defenses_csv_and_report_prints_it(store, tmp_path, capsys):
@@ -116,7 +128,7 @@ def test_report_defenses_without_defended_cells_says_so(tmp_path, capsys):
     assert "no finished cells with a defense other than 'none'" in capsys.readouterr().out
 
 
-def test_a_defended_sweep_writes_one_row_per_defense_and_rate(tiny_config, write_config, tmp_path):
+def test_a_defended_sweep_writes_one_row_per_defense_and_rate(tiny_config, write_config, tmp_path, capsys):
     tiny_config["split"]["trusted"] = 2
     tiny_config["attacks"] = [{"name": "noise", "rates": [0, 0.5]}]
     tiny_config["defenses"] = [{"name": "none"}, {"name": "spectral", "budget": 0.25}]
@@ -128,6 +140,13 @@ def test_a_defended_sweep_writes_one_row_per_defense_and_rate(tiny_config, write
     assert written.set_index("rate").loc[0.5, "removed_fraction"] == pytest.approx(detection.loc[0.5, "removed_fraction"])
     results = pd.read_csv(out / "results.csv").groupby(["defense", "rate"])["dice"].mean()
     assert written.set_index("rate").loc[0.0, "clean_cost"] == pytest.approx(results[("none", 0.0)] - results[("spectral", 0.0)])
+
+    capsys.readouterr()
+    assert main(["run", str(write_config(tiny_config)), "--out", str(out)]) == 0  # resumed: prints the tables
+    assert "defenses: detection, recovery" in capsys.readouterr().err
+    tiny_config["defenses"] = [{"name": "none"}]
+    assert main(["run", str(write_config(tiny_config)), "--out", str(tmp_path / "undefended")]) == 0
+    assert "defenses: detection, recovery" not in capsys.readouterr().err
 
 
 def test_without_a_clean_cell_dice_is_still_compared(tmp_path):
