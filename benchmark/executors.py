@@ -5,7 +5,7 @@ lost node) yields no record, so it stays not-finished and the next ``bench run``
 it; records already returned are kept.
 
 - ``local``: cells one after another in this process.
-- ``process``: N spawned worker processes; torch threads per worker = cores // N, so
+- ``process``: N spawned worker processes; torch threads per worker = usable cores // N, so
   workers do not oversubscribe the CPU. Each worker loads the data set from the on-disk
   cache (memory-mapped) that the driver built before dispatching.
 - ``ray``: one Ray task per cell with ``num_cpus`` / ``num_gpus`` from the config, and
@@ -141,7 +141,7 @@ class ProcessExecutor(Executor):
 
     def __init__(self, spec: WorkerSpec, workers: int, threads: int | None = None):
         self.workers = workers
-        cores = os.cpu_count() or 1
+        cores = _usable_cores()
         self.spec = replace(spec, threads=threads or max(1, cores // workers))
         self.lost = []
 
@@ -162,6 +162,13 @@ class ProcessExecutor(Executor):
                         self.lost.append(key)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, as set by containers and schedulers)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 class RayExecutor(Executor):
