@@ -97,14 +97,16 @@ def _finished_cells(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
 
 def _labels(configs: list[dict[str, Any]]) -> list[str]:
     """Plugin names, with the parameters that tell apart configurations sharing a name."""
-    by_name: dict[str, set[str]] = {}
+    variants: dict[str, dict[str, dict[str, Any]]] = {}  # name -> distinct configurations by canonical JSON
     for config in configs:
-        by_name.setdefault(config["name"], set()).add(json.dumps(config, sort_keys=True))
+        variants.setdefault(config["name"], {})[json.dumps(config, sort_keys=True)] = config
+    differing = {
+        name: sorted({k for v in group.values() for k in v if k != "name" and len({json.dumps(o.get(k)) for o in group.values()}) > 1})
+        for name, group in variants.items()
+    }
     labels = []
     for config in configs:
-        variants = [json.loads(v) for v in by_name[config["name"]]]
-        differing = sorted(k for k in config if k != "name" and len({json.dumps(v.get(k)) for v in variants}) > 1)
-        suffix = ", ".join(f"{k}={json.dumps(config[k])}" for k in differing)
+        suffix = ", ".join(f"{k}={json.dumps(config.get(k))}" for k in differing[config["name"]])
         labels.append(f"{config['name']} ({suffix})" if suffix else config["name"])
     return labels
 

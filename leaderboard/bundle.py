@@ -25,6 +25,7 @@ __all__ = [
     "AGGREGATE_METHOD",
     "COUNT_COLUMNS",
     "canonical_json",
+    "common_thread_count",
     "compute_digest",
     "finite_or_none",
     "export_bundle",
@@ -166,7 +167,7 @@ def export_bundle(
         "platform": env.get("platform"),
         "device": env.get("device"),
         "gpu": env.get("gpu"),
-        "torch_threads": _common_thread_count(finished["environment"]),
+        "torch_threads": common_thread_count(finished["environment"]),
         "git_commit": env.get("git_commit") or benchmark.git_commit(),
         "dataset_fingerprint": env.get("dataset_fingerprint") or _dataset_fingerprint(config["dataset"]),
         "cell_keys": [c["key"] for c in cells],
@@ -200,7 +201,7 @@ def write_bundle(bundle: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def _common_thread_count(environments: Iterable[dict[str, Any] | None]) -> int | None:
+def common_thread_count(environments: Iterable[dict[str, Any] | None]) -> int | None:
     """The torch thread count every cell ran with, or None when they differ or were not recorded."""
     counts = {(env or {}).get("torch_threads") for env in environments}
     return counts.pop() if len(counts) == 1 else None

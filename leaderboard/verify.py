@@ -19,6 +19,7 @@ import benchmark
 from benchmark import BenchError, ResultStore, run_sweep, validate_config
 
 from .board import Board, Entry
+from .bundle import common_thread_count
 
 __all__ = ["DEFAULT_TOLERANCE", "cell_sweep", "choose_cells", "verify_entry"]
 
@@ -85,7 +86,7 @@ def verify_entry(
     cells = choose_cells(entry, which, seed)
     threads = threads or entry.submission["provenance"].get("torch_threads")
     outcomes = []
-    used_threads: set[int | None] = set()
+    rerun_environments: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="poisonbench-verify-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         for cell in cells:
@@ -94,7 +95,7 @@ def verify_entry(
             result = run_sweep(config, out=out, quiet=True)
             with ResultStore(out / "results.sqlite") as store:
                 rerun = store.case_metrics()
-                used_threads.update(env.get("torch_threads") for env in store.runs()["environment"])
+                rerun_environments.extend(store.runs()["environment"])
             submitted = {c["case"]: float(c["dice"]) for c in cell["cases"]}
             got = {str(r["case"]): float(r["dice"]) for _, r in rerun.iterrows()}
             same_cases = sorted(submitted) == sorted(got)
@@ -120,7 +121,7 @@ def verify_entry(
         "tolerance": tolerance,
         "cells": outcomes,
         "device": device,
-        "torch_threads": used_threads.pop() if len(used_threads) == 1 else None,  # as the re-runs recorded it
+        "torch_threads": common_thread_count(rerun_environments),  # as the re-runs recorded it
         "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "package_version": benchmark.package_version(),
         "git_commit": benchmark.git_commit(),
