@@ -67,6 +67,12 @@ class Board:
     def __init__(self, root: str | Path = DEFAULT_BOARD):
         self.root = Path(root)
 
+    def require_folder(self) -> None:
+        """Raise a BenchError unless the board folder exists and is a folder."""
+        if not self.root.is_dir():
+            state = "is not a folder" if self.root.exists() else "does not exist"
+            raise BenchError(f"board folder {self.root} {state}; pass --board with the folder that holds the entries.")
+
     def entries(self) -> list[Entry]:
         """Every entry, ordered by id (files that are not entries raise a BenchError naming them)."""
         if not self.root.is_dir():

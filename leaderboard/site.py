@@ -14,7 +14,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import benchmark
 
 from .board import Board, Entry
 from .bundle import finite_or_none
+from .staging import SiteWriter, check_site_folder, staged_site
 from .stats import ALPHA
 from .tables import CURVE_METRICS, Analysis, analyse, plugin_label
 
@@ -214,30 +214,43 @@ def _csv_value(value: Any) -> Any:
 
 
 def build_site(board: Board, out: str | Path, now: str | None = None) -> BuildResult:
-    """Render every page and table of the board into ``out`` (replacing an earlier build there).
+    """Render every page and table of the board into ``out``.
+
+    The site is built in a staging folder beside ``out`` and swapped in (see
+    `leaderboard.staging`): a failed build leaves the previous site as it was, and only
+    files an earlier build wrote are replaced or removed.
+
+    Raises:
+        BenchError: the board folder is missing or not a folder, ``out`` is, holds or lies
+            inside the board folder, or ``out`` holds files the build would overwrite that
+            no earlier build wrote.
 
     Returns:
         The result, with the analysis the pages were made from.
     """
     out = Path(out)
+    board.require_folder()
+    check_site_folder(board.root, out)
     entries = board.entries()
     analysis = analyse(entries)
     generated = now or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    for sub in ("entries", "figures"):
-        if (out / sub).is_dir():
-            shutil.rmtree(out / sub)
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    with staged_site(out) as site:
+        figures = _write_site(site, entries, analysis, generated)
+    return BuildResult(out, analysis, [out / f for f in figures])
 
-    figures: list[Path] = []
+
+def _write_site(site: SiteWriter, entries: list[Entry], analysis: Analysis, generated: str) -> list[str]:
+    """Write every file of the site through ``site``; returns the figures' relative paths."""
+    figures: list[str] = []
     figure_index: dict[str, list[dict[str, str]]] = {}
     for i, curve in enumerate(analysis.curves):
         row = curve["row"]
         if len(curve["points"]) < 1:
             continue
         name = f"figures/{row['entry']}-{i:03d}.png"
-        _figure(row, curve["points"], out / name)
+        _figure(row, curve["points"], site.path(name))
         row["figure"] = name
-        figures.append(out / name)
+        figures.append(name)
         caption = f"{row['submitter'] or row['entry']}: {row['segmenter']} | {row['attack']}"
         figure_index.setdefault(row["entry"], []).append({"path": name, "caption": caption})
 
@@ -250,7 +263,7 @@ def build_site(board: Board, out: str | Path, now: str | None = None) -> BuildRe
         "alpha": ALPHA,
     }
     all_figures = [f for e in analysis.entries for f in figure_index.get(e["entry"], [])]
-    (out / "index.html").write_text(env.get_template("index.html.j2").render(analysis=analysis, figures=all_figures, **common), encoding="utf-8")
+    site.text("index.html", env.get_template("index.html.j2").render(analysis=analysis, figures=all_figures, **common))
 
     by_id = {e.entry_id: e for e in entries}
     for row in analysis.entries:
@@ -284,9 +297,9 @@ def build_site(board: Board, out: str | Path, now: str | None = None) -> BuildRe
             config=json.dumps(sub.get("config"), indent=1, sort_keys=True, ensure_ascii=False),
             **common,
         )
-        (out / "entries" / f"{entry.entry_id}.html").write_text(page, encoding="utf-8")
+        site.text(f"entries/{entry.entry_id}.html", page)
 
-    (out / "leaderboard.md").write_text(markdown_board(analysis, generated) + "\n", encoding="utf-8")
+    site.text("leaderboard.md", markdown_board(analysis, generated) + "\n")
     payload = finite_or_none(
         {
             "generated": generated,
@@ -298,10 +311,10 @@ def build_site(board: Board, out: str | Path, now: str | None = None) -> BuildRe
             "cells": analysis.cells,
         }
     )
-    (out / "leaderboard.json").write_text(json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    with (out / "leaderboard.csv").open("w", newline="", encoding="utf-8") as handle:
+    site.text("leaderboard.json", json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")
+    with site.path("leaderboard.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in analysis.cells:
             writer.writerow({k: _csv_value(row.get(k)) for k in CSV_COLUMNS})
-    return BuildResult(out, analysis, figures)
+    return figures

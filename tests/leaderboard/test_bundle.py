@@ -114,7 +114,8 @@ def test_export_add_build_round_trip(results_dir, tmp_path, capsys):
 
 
 def test_build_empty_board(tmp_path):
-    assert main(["leaderboard", "build", "--board", str(tmp_path / "none"), "--out", str(tmp_path / "site")]) == 0
+    (tmp_path / "board").mkdir()
+    assert main(["leaderboard", "build", "--board", str(tmp_path / "board"), "--out", str(tmp_path / "site")]) == 0
     assert "No entries yet." in (tmp_path / "site" / "index.html").read_text()
 
 
