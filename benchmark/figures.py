@@ -113,59 +113,57 @@ def plot_attack_examples(clean: SliceSet, poisoned: SliceSet, path: Path, source
     return path
 
 
-def plot_dose_response(summary: pd.DataFrame, attack: str, path: Path) -> Path:
-    """Dice, accuracy and sensitivity against the poison rate, mean over seeds, with CI bands.
+def plot_dose_response(summary: pd.DataFrame, attack: str, path: Path, title: str | None = None) -> Path:
+    """Dice, accuracy and sensitivity against the poison rate, over seeds and cases, with interval bands.
 
-    Uses finished cells of ``attack`` with defense ``none``; rows of attack ``none`` at
-    rate 0 are added as the clean point. The band spans the mean over seeds of each
-    cell's bootstrap CI. One line per segmenter.
+    The one dose-response plotter: ``bench run`` and the leaderboard both draw with it.
+    Rows are those of `benchmark.analysis.dose_response_rows` (defense ``none``; the
+    clean baseline as the rate-0 point); bands are the two-level bootstrap intervals of
+    `benchmark.analysis.summary_table`; a star marks a significant drop (≥ 3 seeds). One
+    line per segmenter.
 
     Args:
-        summary: one row per cell: ``segmenter, attack, rate, defense, seed, status`` and,
-            per metric ``m``, ``m, m_ci_low, m_ci_high`` (see `benchmark.report.summary_frame`).
-        attack: attack to plot.
+        summary: `benchmark.analysis.summary_table` of one study (per metric ``m``:
+            ``m, m_ci_low, m_ci_high``; ``significant``).
+        attack: attack label to plot.
         path: PNG to write (folders are created).
+        title: figure title. Defaults to ``"<attack>: dose response"``.
 
     Returns:
         ``path``.
     """
+    from .analysis import dose_response_rows
+
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame = summary
-    if "status" in frame:
-        frame = frame[frame["status"] == "finished"]
-    if "defense" in frame:
-        frame = frame[frame["defense"] == "none"]
-    rows = frame[frame["attack"] == attack]
-    if attack != "none":
-        clean = frame[(frame["attack"] == "none") & (frame["rate"].astype(float) == 0.0)]
-        if not clean.empty and (rows.empty or not (rows["rate"].astype(float) == 0.0).any()):
-            rows = pd.concat([rows, clean])
+    rows = dose_response_rows(summary, attack) if not summary.empty else summary
     fig, axes = plt.subplots(1, len(DOSE_METRICS), figsize=(4.2 * len(DOSE_METRICS), 3.4), squeeze=False)
-    segmenters = sorted(rows["segmenter"].unique()) if "segmenter" in rows else []
+    segmenters = sorted(rows["segmenter"].unique()) if not rows.empty else []
     for ax, metric in zip(axes[0], DOSE_METRICS):
         for segmenter in segmenters:
-            part = rows[rows["segmenter"] == segmenter].copy()
-            part["rate"] = part["rate"].astype(float)
-            cols = [c for c in (metric, f"{metric}_ci_low", f"{metric}_ci_high") if c in part]
-            grouped = part.groupby("rate")[cols].mean().sort_index()
-            if grouped.empty or metric not in grouped:
+            part = rows[rows["segmenter"] == segmenter]
+            if metric not in part or part[metric].isna().all():
                 continue
-            x = grouped.index.to_numpy() * 100
-            line = ax.plot(x, grouped[metric], marker="o", label=segmenter)[0]
-            if len(cols) == 3:
-                ax.fill_between(x, grouped[f"{metric}_ci_low"], grouped[f"{metric}_ci_high"], color=line.get_color(), alpha=0.2, linewidth=0)
+            x = part["rate"].astype(float).to_numpy() * 100
+            line = ax.plot(x, part[metric].astype(float), marker="o", label=segmenter)[0]
+            if f"{metric}_ci_low" in part:
+                ax.fill_between(x, part[f"{metric}_ci_low"].astype(float), part[f"{metric}_ci_high"].astype(float),
+                                color=line.get_color(), alpha=0.2, linewidth=0)
+            if metric == "dice" and "significant" in part:
+                for rate, value, significant in zip(x, part[metric], part["significant"]):
+                    if significant is True:
+                        ax.annotate("*", (rate, value), textcoords="offset points", xytext=(0, 5), ha="center", color="#b42318")
         ax.set_xlabel("poisoned training cases (%)")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(f"{metric} (95 % CI over seeds and cases)")
         ax.set_title(metric.capitalize(), fontsize=10)
         ax.grid(alpha=0.3)
     if segmenters:
         axes[0][0].legend(fontsize=8)
     else:
         axes[0][0].text(0.5, 0.5, "no finished cells", ha="center", transform=axes[0][0].transAxes)
-    fig.suptitle(f"{attack}: dose response (defense none, mean over seeds)", fontsize=11)
+    fig.suptitle(title or f"{attack}: dose response (defense none)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
     return path

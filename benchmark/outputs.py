@@ -7,21 +7,26 @@
   precision / recall / F1 of its decision, fraction of training cases removed.
 - ``defenses.csv``: one row per segmenter × attack × rate × defense, over seeds: Dice
   with and without the defense, its recovery and clean cost (`benchmark.defense_effect`).
+- ``summary.csv``: one row per segmenter × attack × rate × defense, over seeds and cases:
+  Dice with its two-level bootstrap interval, the drop from the clean baseline with its
+  interval, p-value and significance (≥ 3 seeds) (`benchmark.analysis.summary_table`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from .defense_effect import DEFENSE_EFFECT_COLUMNS, defense_effect_frame
+from .analysis import DEFENSE_EFFECT_COLUMNS, SUMMARY_COLUMNS, defense_effect, detectable_difference, study_tables, summary_table
 from .identity import NO_DEFENSE
 from .metrics import METRICS
 from .store import FINISHED
 
 __all__ = [
-    "RESULTS_CSV_COLUMNS", "ATTACKS_CSV_COLUMNS", "DETECTION_CSV_COLUMNS", "DEFENSE_EFFECT_COLUMNS", "write_sweep_tables",
+    "RESULTS_CSV_COLUMNS", "ATTACKS_CSV_COLUMNS", "DETECTION_CSV_COLUMNS", "DEFENSE_EFFECT_COLUMNS", "SUMMARY_COLUMNS",
+    "write_sweep_tables", "write_summary_csv",
 ]
 
 RESULTS_CSV_COLUMNS = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", *METRICS]
@@ -33,6 +38,13 @@ def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     frame.to_csv(tmp, index=False)
     tmp.replace(path)
+
+
+def write_summary_csv(summary: pd.DataFrame, out_dir: Path) -> Path:
+    """Write `benchmark.analysis.summary_table` as ``OUT/summary.csv`` (atomically)."""
+    path = Path(out_dir) / "summary.csv"
+    _write_atomic(summary, path)
+    return path
 
 
 def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.DataFrame:
@@ -47,21 +59,29 @@ def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.Dat
     return pd.DataFrame(rows, columns=columns)
 
 
-def write_sweep_tables(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> dict[str, pd.DataFrame]:
-    """Write ``results.csv``, ``attacks.csv``, ``detection.csv`` and ``defenses.csv``.
+def write_sweep_tables(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
+    """Write ``results.csv``, ``attacks.csv``, ``detection.csv``, ``defenses.csv`` and ``summary.csv``.
 
     Args:
         runs: `ResultStore.runs` of the sweep's cells.
         metrics: `ResultStore.case_metrics` of the same cells.
         out_dir: the output folder.
+
+    Returns:
+        The written tables by name, plus ``detectable`` (the study's `DetectableDifference`).
     """
     results = metrics[RESULTS_CSV_COLUMNS].astype({"rate": float})
     finished = runs[runs["status"] == FINISHED]
     attacks = _report_table(finished, "attack_report", ATTACKS_CSV_COLUMNS)
     detection = _report_table(finished, "defense_report", DETECTION_CSV_COLUMNS)
-    defenses = defense_effect_frame(runs, metrics)
+    cells, cases = study_tables(runs, metrics)
+    detectable = detectable_difference(cases)
+    defenses = defense_effect(cells, cases, detectable)
+    summary = summary_table(cells, cases)
     _write_atomic(results, out_dir / "results.csv")
     _write_atomic(attacks, out_dir / "attacks.csv")
     _write_atomic(detection, out_dir / "detection.csv")
     _write_atomic(defenses, out_dir / "defenses.csv")
-    return {"results": results, "attacks": attacks, "detection": detection, "defenses": defenses}
+    write_summary_csv(summary, out_dir)
+    return {"results": results, "attacks": attacks, "detection": detection, "defenses": defenses, "summary": summary,
+            "detectable": detectable}

@@ -1,4 +1,4 @@
-"""The per-cell summary of a sweep and the defense-effect table, printed as rich tables."""
+"""The per-cell summary of a sweep, the study summary and the defense-effect table, printed as rich tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.table import Table
 from .metrics import METRICS, aggregate
 from .store import ResultStore
 
-__all__ = ["summary_frame", "summarise", "print_summary", "print_defense_effect", "report_console"]
+__all__ = ["summary_frame", "summarise", "print_summary", "print_study_summary", "print_defense_effect", "report_console"]
 
 
 def summary_frame(store: ResultStore, keys: list[str] | None = None) -> pd.DataFrame:
@@ -66,11 +66,42 @@ def print_summary(frame: pd.DataFrame, console: Console, title: str = "poisonben
     console.print(table)
 
 
+def print_study_summary(frame: pd.DataFrame, console: Console, title: str = "over seeds and cases (summary.csv)") -> None:
+    """Render `benchmark.analysis.summary_table`: Dice and its drop from the clean cell, with intervals and tests.
+
+    Where a comparison has fewer than three seeds the p-value column says "1 seed" or
+    "2 seeds": such a drop is not tested against training noise.
+    """
+    table = Table(title=title, header_style="bold")
+    share = "poisoned_share" in frame and frame["poisoned_share"].notna().any()
+    columns = ["segmenter", "attack", "rate", *(["poisoned share"] if share else []), "defense", "seeds", "cases",
+               "dice [95 % CI]", "drop [95 % CI]", "p", "p (Holm)"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("segmenter", "attack", "defense") else "right")
+    for _, row in frame.iterrows():
+        cells = [str(row["segmenter"]), str(row["attack"]), f"{float(row['rate']):.4g}"]
+        if share:
+            cells.append("–" if pd.isna(row["poisoned_share"]) else f"{float(row['poisoned_share']):.3f}")
+        cells += [str(row["defense"]), str(int(row["seeds"])), str(int(row["cases"])),
+                  f"{row['dice']:.3f} [{row['dice_ci_low']:.3f}, {row['dice_ci_high']:.3f}]"]
+        if pd.isna(row["drop"]):
+            cells += ["–", row["note"] or "–", "–"]
+        else:
+            star = "*" if row["significant"] is True else ""
+            cells.append(f"{row['drop']:+.3f}{star} [{row['drop_ci_low']:+.3f}, {row['drop_ci_high']:+.3f}]")
+            cells.append(row["note"] if pd.isna(row["p_value"]) else f"{row['p_value']:.3g}")
+            cells.append("–" if pd.isna(row["p_holm"]) else f"{row['p_holm']:.3g}")
+        table.add_row(*cells)
+    console.print(table)
+
+
 def print_defense_effect(frame: pd.DataFrame, console: Console) -> None:
     """Render `benchmark.defense_effect_frame`: detection, Dice, recovery and clean cost per defense."""
     table = Table(title="defenses: detection, recovery under attack, cost when clean (mean over seeds)", header_style="bold")
     columns = ["segmenter", "attack", "rate", "defense", "seeds", "auroc", "ap", "f1", "removed_fraction", "dice", "dice_without",
-               "recovery", "clean_cost"]
+               "recovery", "clean_cost", "recovery_note"]
+    if "poisoned_share" in frame and frame["poisoned_share"].notna().any():
+        columns.insert(3, "poisoned_share")
     for column in columns:
         table.add_column(column.replace("_", " "), justify="left" if column in ("segmenter", "attack", "defense") else "right")
     for _, row in frame.iterrows():
@@ -79,8 +110,8 @@ def print_defense_effect(frame: pd.DataFrame, console: Console) -> None:
 
 
 def _effect_text(column: str, value: object) -> str:
-    if column in ("segmenter", "attack", "defense"):
-        return str(value)
+    if column in ("segmenter", "attack", "defense", "recovery_note"):
+        return "" if pd.isna(value) else str(value)
     if column == "seeds":
         return str(int(value))
     if column == "rate":

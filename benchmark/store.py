@@ -6,10 +6,17 @@ Tables:
         defense's reports (JSON).
     case_metrics: one row per cell × validation case — Dice, Jaccard, accuracy,
         sensitivity, specificity and the TP/FP/TN/FN they come from.
+    studies: one row per study (`benchmark.studies`): its key, config, data fingerprint,
+        package version, a short description, and when it was first and last run.
+    study_cells: which cells each study planned (a cell may belong to several studies).
+
+Schema 1 databases (without the study tables) are migrated when opened; their cells
+belong to no recorded study, and `ResultStore.studies` groups them into derived ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -23,9 +30,9 @@ import pandas as pd
 from .errors import BenchError
 from .metrics import METRICS
 
-__all__ = ["ResultStore", "CellRecord", "SCHEMA_VERSION"]
+__all__ = ["ResultStore", "CellRecord", "SCHEMA_VERSION", "STUDY_COLUMNS"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FINISHED, FAILED = "finished", "failed"
 
 _SCHEMA = """
@@ -55,7 +62,22 @@ CREATE TABLE IF NOT EXISTS case_metrics (
     tp INTEGER NOT NULL, fp INTEGER NOT NULL, tn INTEGER NOT NULL, fn INTEGER NOT NULL,
     PRIMARY KEY (cell_key, case_id)
 );
+CREATE TABLE IF NOT EXISTS studies (
+    study_key TEXT PRIMARY KEY,
+    config_json TEXT NOT NULL,
+    dataset_fingerprint TEXT NOT NULL,
+    package_version TEXT NOT NULL,
+    description TEXT NOT NULL,
+    first_run_at REAL NOT NULL,
+    last_run_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_cells (
+    study_key TEXT NOT NULL REFERENCES studies(study_key) ON DELETE CASCADE,
+    cell_key TEXT NOT NULL,
+    PRIMARY KEY (study_key, cell_key)
+);
 """
+STUDY_COLUMNS = ["study", "last_run_at", "cells", "finished", "seeds", "description", "recorded", "config", "cell_keys"]
 
 
 @dataclass
@@ -91,7 +113,7 @@ class ResultStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):  # 1: no study tables yet; created below
                 raise BenchError(f"{self.path}: results database schema {version} is not supported (expected {SCHEMA_VERSION}).")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -182,8 +204,84 @@ class ResultStore:
             frame = frame[frame["cell"].isin(keys)].reset_index(drop=True)
         return frame
 
+    def record_study(self, key: str, config: dict[str, Any], cell_keys: list[str], description: str, at: float | None = None) -> None:
+        """Record (or touch) a study and the cells it plans, in one transaction.
+
+        Args:
+            key: the study key (`benchmark.studies.study_key`).
+            config: the study's config (`benchmark.studies.study_config`): holds
+                ``dataset_fingerprint`` and ``package_version``.
+            cell_keys: every cell the study plans, finished or not.
+            description: a short description for listings.
+            at: when it was run. Defaults to now.
+        """
+        at = time.time() if at is None else at
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO studies (study_key, config_json, dataset_fingerprint, package_version, description, first_run_at,"
+                " last_run_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(study_key) DO UPDATE SET last_run_at = excluded.last_run_at",
+                (key, _dumps(config), str(config.get("dataset_fingerprint", "")), str(config.get("package_version", "")),
+                 description, at, at),
+            )
+            db.executemany("INSERT OR IGNORE INTO study_cells VALUES (?, ?)", [(key, cell) for cell in cell_keys])
+
+    def studies(self) -> pd.DataFrame:
+        """Every study in the folder, the last run first (`STUDY_COLUMNS`).
+
+        Cells stored without a study (databases from before studies, or written directly)
+        are grouped into derived studies by data set, task, split, data fingerprint and
+        package version; ``recorded`` is False for those.
+        """
+        rows = []
+        runs = pd.read_sql_query("SELECT cell_key, status, seed, finished_at, config_json, environment_json FROM runs", self._db)
+        status = dict(zip(runs["cell_key"], runs["status"]))
+        seed_of = dict(zip(runs["cell_key"], runs["seed"]))
+        members = pd.read_sql_query("SELECT study_key, cell_key FROM study_cells", self._db)
+        for _, study in pd.read_sql_query("SELECT * FROM studies", self._db).iterrows():
+            keys = list(members.loc[members["study_key"] == study["study_key"], "cell_key"])
+            rows.append(_study_row(study["study_key"], float(study["last_run_at"]), keys, status, seed_of, study["description"], True,
+                                   json.loads(study["config_json"])))
+        orphans = runs[~runs["cell_key"].isin(set(members["cell_key"]))]
+        derived: dict[str, dict[str, Any]] = {}
+        for _, run in orphans.iterrows():
+            config, env = json.loads(run["config_json"]), json.loads(run["environment_json"])
+            identity = {
+                "dataset": config.get("dataset"), "task": config.get("task"), "split": config.get("split"),
+                "dataset_fingerprint": env.get("dataset_fingerprint"),
+                "package_version": (env.get("versions") or {}).get("poisonbench"),
+            }
+            key = hashlib.sha256(_dumps({"derived": identity}).encode()).hexdigest()[:16]
+            group = derived.setdefault(key, {"identity": identity, "keys": [], "last": 0.0})
+            group["keys"].append(run["cell_key"])
+            group["last"] = max(group["last"], float(run["finished_at"]))
+        for key, group in derived.items():
+            name = (group["identity"]["dataset"] or {}).get("name", "unknown data set")
+            rows.append(_study_row(key, group["last"], group["keys"], status, seed_of, f"{name}; cells stored without a study",
+                                   False, group["identity"]))
+        frame = pd.DataFrame(rows, columns=STUDY_COLUMNS)
+        return frame.sort_values(["last_run_at", "study"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+    def study_cells(self, key: str) -> list[str]:
+        """The cell keys of a study (recorded or derived, see `studies`) that are stored."""
+        found = self.studies()
+        match = found[found["study"] == key]
+        if match.empty:
+            raise BenchError(f"{self.path}: no study {key!r} here.")
+        return list(match.iloc[0]["cell_keys"])
+
     def integrity_ok(self) -> bool:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _study_row(key: str, last: float, keys: list[str], status: dict[str, str], seed_of: dict[str, int], description: str,
+               recorded: bool, config: dict[str, Any]) -> dict[str, Any]:
+    stored = [k for k in keys if k in status]
+    finished = [k for k in stored if status[k] == FINISHED]
+    return {
+        "study": key, "last_run_at": last, "cells": len(stored), "finished": len(finished),
+        "seeds": len({seed_of[k] for k in finished}), "description": description, "recorded": recorded, "config": config,
+        "cell_keys": stored,
+    }
 
 
 def _dumps(value: Any) -> str:

@@ -12,19 +12,21 @@ from rich.console import Console
 
 from .cache import cache_root
 from .config import Cell, SweepConfig
-from .environment import resolve_device
+from .environment import package_version, resolve_device
 from .errors import ConfigError, ExitCode
 from .executors import WorkerSpec, create_executor, plugin_modules
 from .locking import OutputLock
 from .outputs import write_sweep_tables
 from .plugins import RunContext
 from .progress import make_progress, tracker
-from .report import print_defense_effect, print_summary, summarise
+from .identity import NO_ATTACK
+from .report import print_defense_effect, print_study_summary, print_summary, summarise
 from .runner import CellRunner, plan_sweep
+from .studies import describe_study, study_config, study_key
 from .splitting import split_cases
 from .store import FINISHED, ResultStore
 
-__all__ = ["SweepResult", "run_sweep", "check_task_channels"]
+__all__ = ["SweepResult", "run_sweep", "check_task_channels", "draw_dose_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +53,17 @@ def check_task_channels(config: SweepConfig, channels: tuple[str, ...]) -> None:
         )
 
 
-def _draw_dose_response(summary: pd.DataFrame, folder: Path) -> None:
-    """One dose-response figure per attack swept over more than one rate."""
+def draw_dose_response(summary: pd.DataFrame, folder: Path) -> None:
+    """One dose-response figure per attack swept over more than one rate.
+
+    Args:
+        summary: the study's `benchmark.analysis.summary_table`.
+        folder: where the PNGs go (``<attack>-dose-response.png``).
+    """
     from .figures import plot_dose_response
 
-    finished = summary[summary["status"] == FINISHED]
-    for attack, rows in finished.groupby("attack"):
-        if attack == "none" or rows["rate"].nunique() < 2:
+    for attack, rows in summary.groupby("attack"):
+        if attack == NO_ATTACK or rows["rate"].nunique() < 2:
             continue
         try:
             plot_dose_response(summary, str(attack), folder / f"{attack}-dose-response.png")
@@ -77,15 +83,18 @@ def run_sweep(
     """Run every cell of ``config`` that is not finished yet (all of them with ``force``).
 
     Results are written to ``OUT/results.sqlite`` one transaction per cell, then
-    ``OUT/results.csv``, ``attacks.csv``, ``detection.csv`` and ``defenses.csv``, and the
-    summary tables are printed (per cell; per defense when the sweep has one). One run at a
+    ``OUT/results.csv``, ``attacks.csv``, ``detection.csv``, ``defenses.csv`` and
+    ``summary.csv`` (of this sweep's study, recorded in the database), and the summary
+    tables and the smallest detectable Dice difference are printed (per cell; per defense when the sweep has one). One run at a
     time holds the output folder (see `benchmark.locking`).
     """
     console = console or Console(stderr=True)
     out_dir = Path(out if out is not None else config.out)
     plan = plan_sweep(config)
     keys = [cell.key for cell in plan.cells]
+    study = study_config(config, plan.fingerprint, package_version())
     with OutputLock(out_dir, wait_s), ResultStore(out_dir / "results.sqlite") as store:
+        store.record_study(study_key(study), study, keys, describe_study(study))
         finished = store.finished_keys()
         todo = [cell for cell in plan.cells if force or cell.key not in finished]
         skipped = [cell.key for cell in plan.cells if cell not in todo]
@@ -134,11 +143,14 @@ def run_sweep(
         tables = write_sweep_tables(runs, metrics, out_dir)
         summary = summarise(runs, metrics)
         if ran:
-            _draw_dose_response(summary, out_dir / "figures")
+            draw_dose_response(tables["summary"], out_dir / "figures")
     if not quiet:
         print_summary(summary, console)
+        if tables["summary"]["seeds"].gt(1).any() or len(tables["summary"]) < len(summary):
+            print_study_summary(tables["summary"], console)
         if not tables["defenses"].empty:
             print_defense_effect(tables["defenses"], console)
+        console.print(f"study {study_key(study)}: {tables['detectable'].describe()}")
     incomplete = lost or (summary["status"] != FINISHED).any() or len(summary) < len(keys)
     exit_code = ExitCode.CELL_FAILED if incomplete else ExitCode.OK
     return SweepResult(exit_code, ran, skipped, failed, summary, out_dir, lost)

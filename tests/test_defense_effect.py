@@ -26,8 +26,9 @@ def _record(key, rate, defense, seed, dice, attack=GAN, defense_report=None, sta
                       defense_report=defense_report or {}, error=None if status == "finished" else "boom")
 
 
-# seed -> (clean, poisoned) Dice without a defense; the defense gets back a known share
-UNDEFENDED = {0: (0.80, 0.60), 1: (0.90, 0.50)}
+# seed -> (clean, poisoned) Dice without a defense; the defense gets back a known share.
+# Three seeds of small spread: the damage (about 0.3) is far above the detectable difference.
+UNDEFENDED = {0: (0.80, 0.50), 1: (0.82, 0.51), 2: (0.81, 0.53)}
 
 
 @pytest.fixture
@@ -47,30 +48,32 @@ def store(tmp_path):
 def test_recovery_and_clean_cost_against_the_undefended_cells(store):
     frame = defense_effect_frame(store.runs(), store.case_metrics()).set_index("rate")
     assert list(frame["defense"]) == ["spectral", "spectral"]
-    clean, poisoned = np.mean([0.80, 0.90]), np.mean([0.60, 0.50])
+    clean, poisoned = np.mean([0.80, 0.82, 0.81]), np.mean([0.50, 0.51, 0.53])
     attacked = frame.loc[0.5]
-    assert attacked["seeds"] == 2
+    assert attacked["seeds"] == 3
     assert attacked["dice_clean"] == pytest.approx(clean) and attacked["dice_without"] == pytest.approx(poisoned)
     assert attacked["recovery"] == pytest.approx(0.75)
     assert np.isnan(attacked["clean_cost"])
-    assert attacked["auroc"] == pytest.approx(0.95) and attacked["removed_fraction"] == pytest.approx(0.4)
+    assert attacked["auroc"] == pytest.approx(1.0) and attacked["removed_fraction"] == pytest.approx(0.4)
+    assert attacked["recovery_note"] == "" and 0 < attacked["detectable_difference"] < attacked["damage"]
     at_zero = frame.loc[0.0]
     assert at_zero["clean_cost"] == pytest.approx(0.02)
     assert np.isnan(at_zero["recovery"]) and np.isnan(at_zero["auroc"])
 
 
 def test_only_seeds_with_every_reference_cell_count(store):
-    # seed 2 has a defended cell but no undefended ones: it must not shift the means
-    store.write(_record("spec-5-2", 0.5, {"name": "spectral", "budget": 0.5}, 2, 0.0))
+    # seed 3 has a defended cell but no undefended ones: it must not shift the means
+    store.write(_record("spec-5-3", 0.5, {"name": "spectral", "budget": 0.5}, 3, 0.6))
     attacked = defense_effect_frame(store.runs(), store.case_metrics()).set_index("rate").loc[0.5]
-    assert attacked["seeds"] == 2 and attacked["recovery"] == pytest.approx(0.75)
+    assert attacked["seeds"] == 3 and attacked["recovery"] == pytest.approx(0.75)
 
 
 def test_failed_cells_are_left_out(store):
     store.write(_record("none-5-0", 0.5, {"name": "none"}, 0, 0.0, status="failed"))
     attacked = defense_effect_frame(store.runs(), store.case_metrics()).set_index("rate").loc[0.5]
-    # only seed 1 is left: clean 0.9, poisoned 0.5, defended 0.8
-    assert attacked["seeds"] == 1 and attacked["dice"] == pytest.approx(0.8) and attacked["recovery"] == pytest.approx(0.75)
+    # seeds 1 and 2 are left: too few to test, which the note says
+    assert attacked["seeds"] == 2 and attacked["dice"] == pytest.approx(np.mean([0.51 + 0.75 * 0.31, 0.53 + 0.75 * 0.28]))
+    assert attacked["recovery"] == pytest.approx(0.75) and attacked["recovery_note"] == "2 seeds"
 
 
 def test_two_configurations_of_one_defense_stay_apart(store):
@@ -159,10 +162,10 @@ def test_without_a_clean_cell_dice_is_still_compared(tmp_path):
 
 
 def test_detection_figures_come_from_the_seeds_that_are_compared(store):
-    # seed 2 is defended only; its AUROC must not enter the mean over seeds 0 and 1
-    store.write(_record("spec-5-2", 0.5, {"name": "spectral", "budget": 0.5}, 2, 0.0, defense_report={"auroc": 0.0}))
+    # seed 3 is defended only; its AUROC must not enter the mean over seeds 0, 1 and 2
+    store.write(_record("spec-5-3", 0.5, {"name": "spectral", "budget": 0.5}, 3, 0.0, defense_report={"auroc": 0.0}))
     attacked = defense_effect_frame(store.runs(), store.case_metrics()).set_index("rate").loc[0.5]
-    assert attacked["auroc"] == pytest.approx(0.95)
+    assert attacked["auroc"] == pytest.approx(1.0)
 
 
 def test_a_failed_cell_does_not_change_the_labels(store):

@@ -52,20 +52,20 @@ def test_attack_examples_without_poison(tmp_path):
 
 
 def _summary() -> pd.DataFrame:
+    """`summary_table` of three seeds: a clean cell, three rates, a defended cell."""
+    from benchmark.analysis import summary_table
+
     rows = []
+    groups = [("none", 0.0, "none")] + [("gan-synthetic", r, "none") for r in (1 / 6, 3 / 6, 5 / 6)] + [("gan-synthetic", 0.5, "qc")]
     for seed in (0, 1, 2):
-        rows.append(dict(segmenter="unet", attack="none", rate=0.0, defense="none", seed=seed, status="finished"))
-        for rate in (1 / 6, 3 / 6, 5 / 6):
-            rows.append(dict(segmenter="unet", attack="gan-synthetic", rate=rate, defense="none", seed=seed, status="finished"))
-        rows.append(dict(segmenter="unet", attack="gan-synthetic", rate=0.5, defense="qc", seed=seed, status="finished"))
-    rows.append(dict(segmenter="unet", attack="gan-synthetic", rate=1.0, defense="none", seed=0, status="failed"))
-    frame = pd.DataFrame(rows)
-    for metric in ("dice", "accuracy", "sensitivity"):
-        frame[metric] = 0.9 - 0.2 * frame["rate"]
-        frame[f"{metric}_ci_low"] = frame[metric] - 0.05
-        frame[f"{metric}_ci_high"] = frame[metric] + 0.05
-    frame.loc[frame["status"] == "failed", ["dice", "accuracy", "sensitivity"]] = np.nan
-    return frame
+        for attack, rate, defense in groups:
+            for case in range(4):
+                value = 0.9 - 0.2 * rate + 0.01 * seed - 0.005 * case
+                rows.append(dict(segmenter="unet", attack=attack, rate=rate, defense=defense, seed=seed, cell=f"{attack}{rate}{defense}{seed}",
+                                 case=f"c{case}", dice=value, accuracy=value, sensitivity=value))
+    cases = pd.DataFrame(rows)
+    cells = cases.drop_duplicates("cell")[["cell", "segmenter", "attack", "rate", "defense", "seed"]].assign(attack_report=[{}] * 15, defense_report=[{}] * 15)
+    return summary_table(cells, cases)
 
 
 def test_dose_response(tmp_path):

@@ -12,8 +12,7 @@ from rich.table import Table
 from ..catalog import REGISTRIES
 from ..config import load_config
 from ..errors import BenchError, ExitCode
-from ..defense_effect import defense_effect_frame
-from ..report import print_defense_effect, print_summary, report_console, summarise
+from ..report import print_defense_effect, print_study_summary, print_summary, report_console, summarise
 from ..store import ResultStore
 
 __all__ = ["COMMANDS", "add_command", "config_arguments"]
@@ -120,31 +119,60 @@ def _type_name(annotation: object) -> str:
 
 # -- report ---------------------------------------------------------------------------
 def _register_report(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "report", "print the summary table of an output folder's results database",
-             "  bench report\n  bench report --out paper-results\n  bench report --out results-defenses --defenses")
+    p = add_command(sub, "report", "print the tables of one study in an output folder's results database and write OUT/summary.csv",
+             "  bench report\n  bench report --out paper-results\n  bench report --out results-defenses --defenses\n"
+             "  bench report --studies\n  bench report --study 3f2a")
     p.add_argument("--out", default="results", help="output folder (default: results)")
     p.add_argument("--defenses", action="store_true",
                    help="print each defense's detection, recovery under attack and clean cost instead of the per-cell table")
+    p.add_argument("--study", action="append", metavar="KEY",
+                   help="the study to report: its key or a prefix of it (default: the study last run into the folder)")
+    p.add_argument("--studies", action="store_true", help="list the studies in the folder (key, last run, cells, seeds, description)")
     p.set_defaults(handler=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
+    from ..analysis import defense_effect, detectable_difference, study_tables, summary_table
+    from ..outputs import write_summary_csv
+    from ..studies import format_studies, select_study
+
     path = Path(args.out) / "results.sqlite"
     if not path.is_file():
         raise BenchError(f"{path}: no results database here; run 'bench run --out {args.out}' first.")
     with ResultStore(path) as store:
-        runs, metrics = store.runs(), store.case_metrics()
+        if args.studies:
+            studies = store.studies()
+            print(f"{path}: {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, the last run first:")
+            if not studies.empty:
+                print(format_studies(studies))
+            return int(ExitCode.OK)
+        study = select_study(store, args.study)
+        if study is None:
+            print(f"{path}: no cells recorded yet.")
+            return int(ExitCode.OK)
+        runs, metrics = store.runs(study.cell_keys), store.case_metrics(study.cell_keys)
     summary = summarise(runs, metrics)
-    effect = defense_effect_frame(runs, metrics) if args.defenses else None
     if summary.empty:
         print(f"{path}: no cells recorded yet.")
         return int(ExitCode.OK)
-    if effect is None:
-        print_summary(summary, report_console())
-    elif effect.empty:
-        print(f"{path}: no finished cells with a defense other than 'none'.")
+    cells, cases = study_tables(runs, metrics)
+    detectable = detectable_difference(cases)
+    groups = summary_table(cells, cases)
+    write_summary_csv(groups, Path(args.out))
+    console = report_console()
+    others = f"; {study.others} other stud{'y' if study.others == 1 else 'ies'} here (bench report --studies)" if study.others else ""
+    console.print(f"study {study.key}: {study.description}{others}")
+    if args.defenses:
+        effect = defense_effect(cells, cases, detectable)
+        if effect.empty:
+            print(f"{path}: no finished cells with a defense other than 'none'.")
+        else:
+            print_defense_effect(effect, console)
     else:
-        print_defense_effect(effect, report_console())
+        print_summary(summary, console)
+        if not groups.empty:
+            print_study_summary(groups, console)
+    console.print(detectable.describe())
     return int(ExitCode.CELL_FAILED if (summary["status"] != "finished").any() else ExitCode.OK)
 
 

@@ -1,0 +1,573 @@
+"""The analysis layer: every number a table, figure or leaderboard shows about a study.
+
+Pure functions over two tables of one study, built by `study_tables`:
+
+- the *case table*: one row per finished cell × validation case, columns
+  ``segmenter, attack, rate, defense, seed, case`` and the metrics (plugins named by label);
+- the *cell table*: one row per finished cell, with its attack and defense reports.
+
+A *group* is a segmenter × attack × rate × defense; its seeds are separate trainings.
+
+Aggregation (pinned by ``tests/test_analysis.py``):
+
+- A cell's value is the mean over its validation cases of the per-case metric (not the
+  Dice of all voxels pooled); a group's value is the mean over its seeds of those cell
+  means (each seed weighs the same).
+- Comparisons pair over seeds and cases: a drop, a recovery or a clean cost uses only the
+  seeds every group in it finished and the cases every one of them scored.
+- The clean baseline of a group is the cell of the same segmenter with the ``none``
+  defense at rate 0 of the ``none`` attack (or, without one, of the same attack).
+- ``drop`` = clean − attacked (positive: the attack hurt). ``recovery`` = (defended −
+  undefended) / (clean − undefended): a ratio of the means over the paired seeds and
+  cases, not a mean of per-seed ratios; 1 restores clean Dice, 0 changes nothing.
+  ``clean_cost`` = clean − defended at rate 0.
+
+Intervals: a two-level percentile bootstrap, `BOOTSTRAP_RESAMPLES` resamples drawn from
+a generator seeded with `BOOTSTRAP_SEED` (so tables are reproducible), 95 % coverage:
+each resample draws the seeds with replacement, then for each drawn seed the cases with
+replacement, and takes the mean. A drop resamples the per-seed, per-case differences
+clean − attacked, so both sides share the same seed and case draw.
+
+Tests: the p-value of a drop is two-sided, from ``t = drop / se`` against Student's t with
+``seeds − 1`` degrees of freedom, ``se`` being the standard deviation of the bootstrapped
+drops. It is given only with at least `MIN_SEEDS` seeds (one training run says nothing
+about training noise); with fewer, tables say "1 seed" / "2 seeds" instead.
+
+Detectable difference (`detectable_difference`): the smallest Dice difference between
+two groups of ``n`` seeds a two-sided test at level `ALPHA` finds with power `POWER`:
+
+    δ = (t[1 − α/2, n − 1] + t[power, n − 1]) · s · √(2 / n)
+
+where ``s`` is the pooled standard deviation over seeds of the cell means (pooled over
+every group with two seeds or more) and ``n`` the study's number of seeds. A recovery is
+given only where the attack's damage exceeds ``max(δ, RECOVERY_MIN_DAMAGE)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS
+from .errors import ConfigError
+from .identity import NO_ATTACK, NO_DEFENSE
+from .metrics import METRICS
+
+__all__ = [
+    "ALPHA",
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "CURVE_METRICS",
+    "DEFENSE_EFFECT_COLUMNS",
+    "DETECTION_FIGURES",
+    "GROUP_COLUMNS",
+    "Interval",
+    "MIN_SEEDS",
+    "POWER",
+    "RECOVERY_MIN_DAMAGE",
+    "SUMMARY_COLUMNS",
+    "DetectableDifference",
+    "adjust_p_values",
+    "clean_baseline",
+    "defense_effect",
+    "detectable_difference",
+    "dose_response_rows",
+    "drop_interval",
+    "mean_interval",
+    "plugin_label",
+    "plugin_labels",
+    "recovery",
+    "seeds_note",
+    "study_tables",
+    "summary_table",
+    "two_level_bootstrap",
+]
+
+ALPHA = 0.05
+"""Two-sided significance level of every test."""
+POWER = 0.8
+"""Power of the detectable difference."""
+MIN_SEEDS = 3
+"""Fewest seeds for which a p-value or a significance mark is given."""
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+LEVEL = 0.95
+RECOVERY_MIN_DAMAGE = 0.01
+"""Floor of the damage (clean − attacked Dice) under which no recovery ratio is given."""
+
+GROUP_COLUMNS = ["segmenter", "attack", "rate", "defense"]
+CURVE_METRICS = ("dice", "accuracy", "sensitivity")
+DETECTION_FIGURES = ["auroc", "ap", "precision", "recall", "f1", "removed_fraction"]
+SUMMARY_COLUMNS = [
+    "segmenter", "attack", "rate", "defense", "seeds", "cases", "dice", "dice_ci_low", "dice_ci_high",
+    "drop", "drop_ci_low", "drop_ci_high", "p_value", "significant",
+]
+"""The contract columns of ``summary.csv``, in order; `summary_table` appends more after them."""
+SUMMARY_EXTRA_COLUMNS = [
+    "poisoned_share", "seed_list", "dice_clean", "p_holm", "note",
+    *(f"{m}{s}" for m in CURVE_METRICS if m != "dice" for s in ("", "_ci_low", "_ci_high")),
+]
+DEFENSE_EFFECT_COLUMNS = [
+    "segmenter", "attack", "rate", "defense", "seeds", "dice", "dice_without", "dice_clean", "recovery", "clean_cost",
+    *DETECTION_FIGURES, "damage", "detectable_difference", "recovery_note", "poisoned_share",
+]
+"""Columns of ``defenses.csv``: the original ones first, additions appended."""
+
+Label = Callable[[list[dict[str, Any]], str], list[str]]
+
+
+# -- labels -------------------------------------------------------------------------
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _format(name: str, params: dict[str, Any]) -> str:
+    if not params:
+        return name
+    return f"{name} ({', '.join(f'{k}={_value_text(v)}' for k, v in sorted(params.items()))})"
+
+
+def plugin_labels(specs: Sequence[dict[str, Any]], kind: str | None = None) -> list[str]:
+    """Plugin names with the parameters that tell apart the configurations sharing a name.
+
+    ``spectral (budget=0.2)`` and ``spectral (budget=0.5)`` when both appear; ``spectral``
+    when only one configuration of it does.
+
+    Args:
+        specs: resolved plugin configs (``{"name": ..., **params}``), one per row.
+        kind: unused here; keeps the signature of a `Label` function. Defaults to None.
+
+    Returns:
+        One label per spec, in order.
+    """
+    variants: dict[str, dict[str, dict[str, Any]]] = {}
+    for spec in specs:
+        variants.setdefault(str(spec.get("name")), {})[_canonical(spec)] = spec
+    differing = {
+        name: {k for v in group.values() for k in v if k != "name" and len({_canonical(o.get(k)) for o in group.values()}) > 1}
+        for name, group in variants.items()
+    }
+    return [_format(str(s.get("name")), {k: s.get(k) for k in differing[str(s.get("name"))]}) for s in specs]
+
+
+_REGISTRIES = {"dataset": DATASETS, "segmenter": SEGMENTERS, "attack": ATTACKS, "defense": DEFENSES}
+
+
+def plugin_label(spec: dict[str, Any], kind: str | None = None) -> str:
+    """``name`` plus its parameters, e.g. ``unet (epochs=2, lr=0.003)``, for one spec alone.
+
+    With ``kind`` (``dataset``, ``segmenter``, ``attack``, ``defense``) parameters equal to
+    the defaults of the plugin as installed here are left out; a plugin not installed
+    here, or no ``kind``, shows every parameter.
+    """
+    defaults = _installed_defaults(kind, str(spec.get("name"))) if kind else {}
+    params = {k: v for k, v in spec.items() if k != "name" and (k not in defaults or _canonical(v) != defaults[k])}
+    return _format(str(spec.get("name", "?")), params)
+
+
+def _installed_defaults(kind: str, name: str) -> dict[str, str]:
+    try:
+        params = _REGISTRIES[kind].get(name).Params
+    except ConfigError:
+        return {}
+    return _param_defaults(params)
+
+
+@lru_cache(maxsize=None)
+def _param_defaults(params: type) -> dict[str, str]:
+    return {
+        key: _canonical(info.get_default(call_default_factory=True))
+        for key, info in params.model_fields.items()
+        if not info.is_required()
+    }
+
+
+# -- the study's tables ---------------------------------------------------------------
+def study_tables(runs: pd.DataFrame, metrics: pd.DataFrame, label: Label = plugin_labels) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cell table and the case table of finished cells, plugins named by ``label``.
+
+    Args:
+        runs: one row per cell: ``cell_key``, ``status``, ``config`` (the cell's resolved
+            config) and optionally ``attack_report`` and ``defense_report`` (dicts), as
+            `ResultStore.runs` gives.
+        metrics: one row per cell × case: ``cell``, ``case`` and the metrics, as
+            `ResultStore.case_metrics` gives.
+        label: names plugins from their configs (`plugin_labels` by default). Labels are
+            worked out over every run, so a failed cell does not rename others.
+
+    Returns:
+        ``(cells, cases)``: ``cells`` has ``cell`` + `GROUP_COLUMNS` + ``seed``,
+        ``attack_report``, ``defense_report``; ``cases`` has `GROUP_COLUMNS` + ``seed, cell,
+        case`` + the metrics.
+    """
+    columns = ["cell", *GROUP_COLUMNS, "seed", "attack_report", "defense_report"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns), pd.DataFrame(columns=[*GROUP_COLUMNS, "seed", "cell", "case", *METRICS])
+    configs = list(runs["config"])
+    cells = pd.DataFrame({"cell": runs["cell_key"].to_numpy()})
+    for kind in ("segmenter", "attack", "defense"):
+        cells[kind] = label([c[kind] for c in configs], kind)
+    cells["rate"] = [float(c["rate"]) for c in configs]
+    cells["seed"] = [int(c["seed"]) for c in configs]
+    for report in ("attack_report", "defense_report"):
+        cells[report] = list(runs[report]) if report in runs else [{}] * len(runs)
+        cells[report] = cells[report].map(lambda r: r if isinstance(r, dict) else {})
+    cells = cells[(runs["status"] == "finished").to_numpy()].reset_index(drop=True)[columns]
+    keep = [c for c in ("cell", "case", *METRICS) if c in metrics]
+    cases = metrics[keep].merge(cells[["cell", *GROUP_COLUMNS, "seed"]], on="cell", how="inner")
+    return cells, cases[[*GROUP_COLUMNS, "seed", "cell", "case", *[m for m in METRICS if m in cases]]]
+
+
+def _group_key(row: Any) -> tuple:
+    return tuple(row[c] for c in GROUP_COLUMNS)
+
+
+def _matrices(cases: pd.DataFrame, metric: str) -> dict[tuple, pd.DataFrame]:
+    """Per group: a seed × case table of ``metric`` (a case scored twice in a seed is averaged)."""
+    out = {}
+    for key, part in cases.groupby(GROUP_COLUMNS, sort=True):
+        out[tuple(key)] = part.pivot_table(index="seed", columns="case", values=metric, aggfunc="mean").sort_index()
+    return out
+
+
+def _paired(*tables: pd.DataFrame) -> tuple[list[int], list[str]]:
+    """Seeds every table has, and the cases every one of them scored in each of those seeds."""
+    seeds = sorted(set.intersection(*(set(t.index) for t in tables)))
+    if not seeds:
+        return [], []
+    cases = set.intersection(*(set(t.loc[seeds].dropna(axis=1).columns) for t in tables))
+    return seeds, sorted(cases)
+
+
+# -- intervals and tests ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """Mean over seeds and cases with its two-level bootstrap interval.
+
+    ``p_value`` (two-sided, against a mean of 0) is None with fewer than `MIN_SEEDS` seeds.
+    """
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    se: float
+    seeds: int
+    cases: int
+    p_value: float | None = None
+
+    @property
+    def significant(self) -> bool | None:
+        return None if self.p_value is None else bool(self.p_value < ALPHA)
+
+
+def two_level_bootstrap(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Bootstrapped means of a seed × case table: seeds drawn with replacement, then cases within each.
+
+    Args:
+        values: ``[S, C]`` per seed and case.
+        resamples: number of resamples. Defaults to `BOOTSTRAP_RESAMPLES`.
+        seed: seed of the generator. Defaults to `BOOTSTRAP_SEED`.
+
+    Returns:
+        ``[resamples]`` means.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n_seeds, n_cases = values.shape
+    rng = np.random.default_rng(seed)
+    seed_draw = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    case_draw = rng.integers(0, n_cases, size=(resamples, n_seeds, n_cases))
+    return values[seed_draw[:, :, None], case_draw].mean(axis=(1, 2))
+
+
+def mean_interval(values: np.ndarray, test: bool = False) -> Interval:
+    """Mean of a seed × case table (``[S, C]``) with its percentile interval; with ``test`` a p-value too."""
+    values = np.asarray(values, dtype=np.float64)
+    n_seeds, n_cases = values.shape if values.ndim == 2 else (0, 0)
+    if n_seeds == 0 or n_cases == 0:
+        return Interval(math.nan, math.nan, math.nan, math.nan, n_seeds, n_cases)
+    mean = float(values.mean(axis=1).mean())
+    draws = two_level_bootstrap(values)
+    alpha = (1 - LEVEL) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    se = float(draws.std(ddof=1))
+    p_value = None
+    if test and n_seeds >= MIN_SEEDS:
+        from scipy.stats import t as student_t
+
+        if se > 0:
+            p_value = float(2 * student_t.sf(abs(mean) / se, n_seeds - 1))
+        else:
+            p_value = 1.0 if mean == 0 else 0.0
+    return Interval(mean, float(low), float(high), se, n_seeds, n_cases, p_value)
+
+
+def drop_interval(clean: pd.DataFrame, attacked: pd.DataFrame) -> Interval:
+    """clean − attacked over the seeds and cases both have, with interval and (≥ `MIN_SEEDS` seeds) p-value.
+
+    Args:
+        clean: seed × case table of the clean baseline.
+        attacked: seed × case table of the compared group.
+    """
+    seeds, cases = _paired(clean, attacked)
+    difference = clean.loc[seeds, cases].to_numpy() - attacked.loc[seeds, cases].to_numpy()
+    return mean_interval(difference.reshape(len(seeds), len(cases)), test=True)
+
+
+def seeds_note(seeds: int) -> str:
+    """What a table says instead of a p-value when there are too few seeds to test."""
+    return "" if seeds >= MIN_SEEDS else f"{seeds} seed{'s' if seeds != 1 else ''}"
+
+
+def adjust_p_values(p_values: Sequence[float | None], method: str = "holm") -> list[float | None]:
+    """Holm's step-down (``holm``) or Benjamini–Hochberg (``bh``) adjusted p-values; None stays None."""
+    indexed = [(p, i) for i, p in enumerate(p_values) if p is not None and math.isfinite(p)]
+    out: list[float | None] = [None] * len(p_values)
+    m = len(indexed)
+    if m == 0:
+        return out
+    order = sorted(indexed)
+    if method == "holm":
+        running = 0.0
+        for rank, (p, i) in enumerate(order):
+            running = max(running, min(1.0, (m - rank) * p))
+            out[i] = running
+    elif method == "bh":
+        running = 1.0
+        for rank in range(m - 1, -1, -1):
+            p, i = order[rank]
+            running = min(running, p * m / (rank + 1))
+            out[i] = min(1.0, running)
+    else:
+        raise ValueError(f"unknown p-value adjustment {method!r}; expected 'holm' or 'bh'")
+    return out
+
+
+# -- the clean baseline -------------------------------------------------------------------
+def clean_baseline(groups: Iterable[tuple], segmenter: str, attack: str) -> tuple | None:
+    """The clean group of ``segmenter``: defense ``none`` at rate 0 of attack ``none``, else of ``attack``.
+
+    Args:
+        groups: group keys ``(segmenter, attack, rate, defense)`` present.
+        segmenter: segmenter label.
+        attack: attack label of the compared group.
+    """
+    undefended = [g for g in groups if g[0] == segmenter and g[2] == 0.0 and g[3] == NO_DEFENSE]
+    for wanted in (NO_ATTACK, attack):
+        for group in undefended:
+            if group[1] == wanted:
+                return group
+    return None
+
+
+# -- detectable difference -------------------------------------------------------------------
+@dataclass(frozen=True)
+class DetectableDifference:
+    """The smallest Dice difference a study could detect (see the module doc for the formula).
+
+    ``delta`` and ``sd`` are None with fewer than two seeds.
+    """
+
+    delta: float | None
+    sd: float | None
+    seeds: int
+    alpha: float = ALPHA
+    power: float = POWER
+
+    def describe(self) -> str:
+        if self.delta is None:
+            return (f"smallest detectable Dice difference: unknown with {seeds_note(self.seeds) or self.seeds} "
+                    f"(needs ≥ 2 seeds; ≥ {MIN_SEEDS} for significance)")
+        return (f"smallest detectable Dice difference: {self.delta:.3f} (power {self.power:.0%}, two-sided α = {self.alpha:g}, "
+                f"{self.seeds} seeds, seed-to-seed SD {self.sd:.3f})")
+
+
+def detectable_difference(cases: pd.DataFrame, metric: str = "dice", alpha: float = ALPHA, power: float = POWER) -> DetectableDifference:
+    """δ = (t[1 − α/2, n − 1] + t[power, n − 1]) · s · √(2 / n) from the study's own seed-to-seed spread.
+
+    Args:
+        cases: the case table.
+        metric: the metric. Defaults to ``dice``.
+        alpha: two-sided level. Defaults to `ALPHA`.
+        power: power. Defaults to `POWER`.
+    """
+    seeds = int(cases["seed"].nunique()) if not cases.empty else 0
+    squares, dof = 0.0, 0
+    for table in _matrices(cases, metric).values():
+        means = table.dropna(axis=1).mean(axis=1).dropna()
+        if len(means) >= 2:
+            squares += float(((means - means.mean()) ** 2).sum())
+            dof += len(means) - 1
+    if seeds < 2 or dof == 0:
+        return DetectableDifference(None, None, seeds, alpha, power)
+    from scipy.stats import t as student_t
+
+    sd = math.sqrt(squares / dof)
+    delta = (student_t.ppf(1 - alpha / 2, seeds - 1) + student_t.ppf(power, seeds - 1)) * sd * math.sqrt(2 / seeds)
+    return DetectableDifference(float(delta), sd, seeds, alpha, power)
+
+
+# -- summary.csv -------------------------------------------------------------------------------
+def _mean_report(cells: pd.DataFrame, report: str, field: str) -> float:
+    values = [r.get(field) for r in cells[report]] if not cells.empty else []
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return float(np.mean(numbers)) if numbers else math.nan
+
+
+def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
+    """One row per group: `SUMMARY_COLUMNS`, then `SUMMARY_EXTRA_COLUMNS`.
+
+    ``dice`` and its interval are over the group's seeds and cases; ``drop`` is against
+    the same segmenter's clean baseline over the seeds and cases both have (empty on the
+    baseline itself); ``p_value`` and ``significant`` are empty with fewer than
+    `MIN_SEEDS` paired seeds (``note`` says "1 seed" / "2 seeds" then); ``p_holm`` is
+    the p-value adjusted by Holm over the table's drops.
+    """
+    columns = [*SUMMARY_COLUMNS, *SUMMARY_EXTRA_COLUMNS]
+    if cases.empty:
+        return pd.DataFrame(columns=columns)
+    tables = {metric: _matrices(cases, metric) for metric in CURVE_METRICS if metric in cases}
+    dice = tables["dice"]
+    rows = []
+    for key, table in dice.items():
+        segmenter, attack, rate, defense = key
+        seeds, case_ids = _paired(table)
+        row: dict[str, Any] = dict(zip(GROUP_COLUMNS, key))
+        for metric, by_group in tables.items():
+            interval = mean_interval(by_group[key].loc[seeds, case_ids].to_numpy())
+            row.update({metric: interval.mean, f"{metric}_ci_low": interval.ci_low, f"{metric}_ci_high": interval.ci_high})
+        row.update(seeds=len(seeds), cases=len(case_ids), seed_list=" ".join(map(str, seeds)))
+        group_cells = cells[(cells[GROUP_COLUMNS] == pd.Series(dict(zip(GROUP_COLUMNS, key)))).all(axis=1)]
+        row["poisoned_share"] = _mean_report(group_cells, "attack_report", "poisoned_share")
+        clean = clean_baseline(dice, segmenter, attack)
+        paired_seeds = len(seeds)
+        if clean is not None and clean != key:
+            drop = drop_interval(dice[clean], table)
+            paired_seeds = drop.seeds
+            clean_seeds, clean_cases = _paired(dice[clean], table)
+            row.update(
+                drop=drop.mean, drop_ci_low=drop.ci_low, drop_ci_high=drop.ci_high, p_value=drop.p_value,
+                significant=drop.significant, dice_clean=float(dice[clean].loc[clean_seeds, clean_cases].to_numpy().mean())
+                if clean_seeds and clean_cases else math.nan,
+            )
+        if clean == key:
+            row["note"] = "clean baseline"
+        else:
+            row["note"] = "no clean cell" if clean is None else seeds_note(paired_seeds)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["p_holm"] = adjust_p_values([None if pd.isna(p) else float(p) for p in frame["p_value"]])
+    frame["significant"] = frame["significant"].astype(object)
+    return frame.sort_values(["segmenter", "attack", "defense", "rate"], kind="stable").reset_index(drop=True)
+
+
+def dose_response_rows(summary: pd.DataFrame, attack: str, segmenter: str | None = None) -> pd.DataFrame:
+    """The summary rows of an attack's dose-response curve without defense, sorted by rate.
+
+    The clean baseline (attack ``none`` at rate 0) is added as the rate-0 point where the
+    attack has no rate-0 cell of its own.
+    """
+    frame = summary[summary["defense"] == NO_DEFENSE]
+    if segmenter is not None:
+        frame = frame[frame["segmenter"] == segmenter]
+    rows = frame[frame["attack"] == attack]
+    if attack != NO_ATTACK:
+        clean = frame[(frame["attack"] == NO_ATTACK) & (frame["rate"].astype(float) == 0.0)]
+        own_zero = rows[rows["rate"].astype(float) == 0.0]["segmenter"]
+        clean = clean[~clean["segmenter"].isin(set(own_zero))]
+        rows = pd.concat([rows, clean]) if not clean.empty else rows
+    return rows.sort_values(["segmenter", "rate"], kind="stable").reset_index(drop=True)
+
+
+# -- defenses.csv ------------------------------------------------------------------------------
+def recovery(dice: float, dice_without: float, dice_clean: float, threshold: float | None, seeds: int) -> tuple[float, str]:
+    """(defended − undefended) / (clean − undefended), or NaN with the reason.
+
+    Args:
+        dice: the defended group's Dice.
+        dice_without: the undefended group's Dice at the same rate.
+        dice_clean: the clean baseline's Dice.
+        threshold: the study's detectable difference, or None when it is unknown (< 2 seeds).
+        seeds: paired seeds of the comparison.
+
+    Returns:
+        ``(recovery, note)``; the note says why a recovery is empty, or that it rests on too few seeds.
+    """
+    damage = dice_clean - dice_without
+    floor = max(RECOVERY_MIN_DAMAGE, threshold) if threshold is not None else RECOVERY_MIN_DAMAGE
+    if not math.isfinite(damage):
+        return math.nan, "no clean cell"
+    if damage <= floor:
+        what = "the detectable difference" if threshold is not None and threshold >= RECOVERY_MIN_DAMAGE else "the minimum damage"
+        return math.nan, f"damage {damage:.3f} not above {what} {floor:.3f}"
+    note = "" if seeds >= MIN_SEEDS else f"{seeds_note(seeds)}: damage not tested against training noise" if threshold is None else seeds_note(seeds)
+    return (dice - dice_without) / damage, note
+
+
+def defense_effect(cells: pd.DataFrame, cases: pd.DataFrame, detectable: DetectableDifference | None = None) -> pd.DataFrame:
+    """One row per segmenter × attack × rate × defense other than ``none`` (`DEFENSE_EFFECT_COLUMNS`).
+
+    ``dice``, ``dice_without`` (the ``none`` defense at the same attack and rate) and
+    ``dice_clean`` are means over the seeds and cases all three share (without a clean
+    baseline, over those the first two share); ``recovery`` and ``clean_cost`` as in the
+    module doc; detection figures are the defense's reports averaged over those seeds.
+
+    Args:
+        cells: the cell table.
+        cases: the case table.
+        detectable: the study's detectable difference. Defaults to the one of ``cases``.
+    """
+    if cases.empty or (cases["defense"] == NO_DEFENSE).all():
+        return pd.DataFrame(columns=DEFENSE_EFFECT_COLUMNS)
+    detectable = detectable or detectable_difference(cases)
+    dice = _matrices(cases, "dice")
+    rows = []
+    for key, table in dice.items():
+        segmenter, attack, rate, defense = key
+        if defense == NO_DEFENSE:
+            continue
+        row: dict[str, Any] = dict(zip(GROUP_COLUMNS, key))
+        without_key = (segmenter, attack, rate, NO_DEFENSE)
+        clean_key = clean_baseline(dice, segmenter, attack)
+        seeds: list[int] = []
+        if without_key in dice:
+            with_clean = [table, dice[without_key]] + ([dice[clean_key]] if clean_key is not None else [])
+            seeds, case_ids = _paired(*with_clean)
+            if not seeds and clean_key is not None:  # without a paired clean cell: Dice only
+                seeds, case_ids = _paired(table, dice[without_key])
+                clean_key = None
+            if seeds and case_ids:
+                value = lambda k: float(dice[k].loc[seeds, case_ids].to_numpy().mean())  # noqa: E731
+                row.update(dice=value(key), dice_without=value(without_key))
+                if clean_key is not None:
+                    row["dice_clean"] = value(clean_key)
+                    row["damage"] = row["dice_clean"] - row["dice_without"]
+                    if rate > 0:
+                        row["recovery"], row["recovery_note"] = recovery(
+                            row["dice"], row["dice_without"], row["dice_clean"], detectable.delta, len(seeds))
+                    else:
+                        row["clean_cost"] = row["dice_clean"] - row["dice"]
+                        row["recovery_note"] = "rate 0: nothing to recover"
+                else:
+                    row["recovery_note"] = "no clean cell"
+        else:
+            row["recovery_note"] = "no undefended cell at this rate"
+        row["seeds"] = len(seeds)
+        row["detectable_difference"] = detectable.delta
+        group = cells[(cells[GROUP_COLUMNS] == pd.Series(row)[GROUP_COLUMNS]).all(axis=1)]
+        used = group[group["seed"].isin(seeds)] if seeds else group
+        for figure in DETECTION_FIGURES:
+            row[figure] = _mean_report(used, "defense_report", figure)
+        row["poisoned_share"] = _mean_report(used, "attack_report", "poisoned_share")
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=DEFENSE_EFFECT_COLUMNS)
+    return frame.sort_values(["segmenter", "attack", "defense", "rate"], kind="stable").reset_index(drop=True)

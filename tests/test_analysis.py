@@ -1,0 +1,168 @@
+"""benchmark.analysis: aggregation, pairing, intervals, tests and the detectable difference on hand examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import t as student_t
+
+from benchmark.analysis import (
+    MIN_SEEDS,
+    SUMMARY_COLUMNS,
+    DetectableDifference,
+    adjust_p_values,
+    clean_baseline,
+    defense_effect,
+    detectable_difference,
+    drop_interval,
+    mean_interval,
+    plugin_labels,
+    summary_table,
+    two_level_bootstrap,
+)
+
+
+def _tables(values: dict[tuple, dict[int, dict[str, float]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cell and case tables from {(segmenter, attack, rate, defense): {seed: {case: dice}}}."""
+    rows, cells = [], []
+    for (segmenter, attack, rate, defense), by_seed in values.items():
+        for seed, by_case in by_seed.items():
+            cell = f"{segmenter}-{attack}-{rate}-{defense}-{seed}"
+            cells.append(dict(cell=cell, segmenter=segmenter, attack=attack, rate=rate, defense=defense, seed=seed,
+                              attack_report={"poisoned_share": rate / 2}, defense_report={"auroc": 0.5 + seed / 10}))
+            for case, dice in by_case.items():
+                rows.append(dict(segmenter=segmenter, attack=attack, rate=rate, defense=defense, seed=seed, cell=cell, case=case,
+                                 dice=dice, accuracy=dice, sensitivity=dice))
+    return pd.DataFrame(cells), pd.DataFrame(rows)
+
+
+def _flat(dice_by_seed: dict[int, float], cases=("a", "b")) -> dict[int, dict[str, float]]:
+    return {seed: {case: value for case in cases} for seed, value in dice_by_seed.items()}
+
+
+CLEAN = ("unet", "none", 0.0, "none")
+HIT = ("unet", "gan", 0.5, "none")
+FIXED = ("unet", "gan", 0.5, "qc")
+
+
+def test_recovery_is_a_ratio_of_means_not_a_mean_of_ratios():
+    # per-seed recoveries 0.5, 1.0 and 0.0 (mean 0.5); over the seeds' means: 0.1 / (0.8 − 0.5333) = 0.375
+    cells, cases = _tables({
+        CLEAN: _flat({0: 0.8, 1: 0.8, 2: 0.8}),
+        HIT: _flat({0: 0.4, 1: 0.7, 2: 0.5}),
+        FIXED: _flat({0: 0.6, 1: 0.8, 2: 0.5}),
+    })
+    row = defense_effect(cells, cases, DetectableDifference(0.0, 0.0, 3)).iloc[0]
+    assert row["recovery"] == pytest.approx(0.1 / (0.8 - 1.6 / 3))
+    assert row["recovery"] != pytest.approx(0.5)
+    assert row["seeds"] == 3 and row["auroc"] == pytest.approx(0.6) and row["poisoned_share"] == pytest.approx(0.25)
+
+
+def test_cell_value_is_the_mean_of_per_case_values_over_cases_every_seed_scored():
+    # seed 0 scored case c too (a very low Dice): it is left out so both seeds weigh the same cases
+    cells, cases = _tables({CLEAN: {0: {"a": 0.9, "b": 0.7, "c": 0.0}, 1: {"a": 0.8, "b": 0.6}}})
+    row = summary_table(cells, cases).iloc[0]
+    assert row["cases"] == 2 and row["seeds"] == 2
+    assert row["dice"] == pytest.approx(np.mean([0.9, 0.7, 0.8, 0.6]))  # not the pooled 3.0 / 5 = 0.6
+
+
+def test_each_seed_weighs_the_same():
+    # one case scored twice in seed 0 (duplicate rows) must not give seed 0 more weight
+    cells, cases = _tables({CLEAN: {0: {"a": 0.9}, 1: {"a": 0.5}}})
+    cases = pd.concat([cases, cases[cases["seed"] == 0]], ignore_index=True)
+    assert summary_table(cells, cases).iloc[0]["dice"] == pytest.approx(0.7)
+
+
+def test_drop_pairs_seeds_and_cases_with_the_clean_cell():
+    cells, cases = _tables({
+        CLEAN: {0: {"a": 0.8, "b": 0.9}, 1: {"a": 0.8, "b": 0.9}, 2: {"a": 0.8, "b": 0.9}, 3: {"a": 0.0, "b": 0.0}},
+        HIT: {0: {"a": 0.5, "b": 0.7}, 1: {"a": 0.6, "b": 0.6}, 2: {"a": 0.5, "b": 0.5}},
+    })
+    summary = summary_table(cells, cases)
+    assert list(summary.columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
+    summary = summary.set_index("attack")
+    hit = summary.loc["gan"]
+    assert hit["drop"] == pytest.approx(0.85 - np.mean([0.6, 0.6, 0.5]))  # seed 3 of the clean cell is not paired
+    assert hit["drop_ci_low"] <= hit["drop"] <= hit["drop_ci_high"]
+    assert hit["p_value"] is not None and 0 < hit["p_value"] < 1 and hit["significant"] in (True, False)
+    assert pd.isna(summary.loc["none", "drop"]) and summary.loc["none", "note"] == "clean baseline"
+
+
+@pytest.mark.parametrize("seeds, note", [(1, "1 seed"), (2, "2 seeds")])
+def test_fewer_than_three_seeds_give_no_p_value(seeds, note):
+    cells, cases = _tables({CLEAN: _flat({s: 0.8 + s / 100 for s in range(seeds)}), HIT: _flat({s: 0.3 for s in range(seeds)})})
+    hit = summary_table(cells, cases).set_index("attack").loc["gan"]
+    assert hit["drop"] > 0.4 and pd.isna(hit["p_value"]) and pd.isna(hit["significant"]) and hit["note"] == note
+
+
+def test_the_p_value_is_a_t_test_on_the_bootstrap_standard_error():
+    rng = np.random.default_rng(1)
+    clean = pd.DataFrame(0.8 + rng.normal(0, 0.02, (4, 6)))
+    attacked = clean - 0.05 + rng.normal(0, 0.02, (4, 6))
+    drop = drop_interval(clean, attacked)
+    draws = two_level_bootstrap((clean - attacked).to_numpy())
+    assert drop.se == pytest.approx(draws.std(ddof=1))
+    assert drop.p_value == pytest.approx(2 * student_t.sf(abs(drop.mean) / drop.se, 4 - 1))
+    assert drop.seeds == 4 >= MIN_SEEDS and drop.significant == (drop.p_value < 0.05)
+
+
+def test_intervals_count_training_noise_and_are_reproducible():
+    # every case agrees within a seed; seeds disagree: an interval over cases alone would have no width
+    values = np.array([[0.9] * 8, [0.7] * 8, [0.8] * 8])
+    interval = mean_interval(values)
+    assert interval.mean == pytest.approx(0.8)
+    assert interval.ci_high - interval.ci_low > 0.1
+    assert mean_interval(values) == interval  # fixed generator seed
+
+
+def test_holm_and_benjamini_hochberg_by_hand():
+    assert adjust_p_values([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert adjust_p_values([0.01, 0.04, 0.03], "bh") == pytest.approx([0.03, 0.04, 0.04])
+    with pytest.raises(ValueError):
+        adjust_p_values([0.1], "bonferroni-ish")
+
+
+def test_detectable_difference_formula():
+    # per-seed cell means: clean 0.80, 0.82, 0.84 (SD 0.02); hit 0.50, 0.53, 0.56 (SD 0.03)
+    cells, cases = _tables({CLEAN: _flat({0: 0.80, 1: 0.82, 2: 0.84}), HIT: _flat({0: 0.50, 1: 0.53, 2: 0.56})})
+    found = detectable_difference(cases)
+    pooled = math.sqrt((2 * 0.02**2 + 2 * 0.03**2) / 4)
+    expected = (student_t.ppf(0.975, 2) + student_t.ppf(0.8, 2)) * pooled * math.sqrt(2 / 3)
+    assert found.seeds == 3 and found.sd == pytest.approx(pooled) and found.delta == pytest.approx(expected)
+    assert "0.1" in found.describe() or f"{expected:.3f}" in found.describe()
+    single = detectable_difference(cases[cases["seed"] == 0])
+    assert single.delta is None and "1 seed" in single.describe()
+
+
+def test_recovery_only_where_the_damage_exceeds_the_detectable_difference():
+    cells, cases = _tables({
+        CLEAN: _flat({0: 0.80, 1: 0.82, 2: 0.84}),
+        HIT: _flat({0: 0.74, 1: 0.76, 2: 0.78}),  # damage 0.06
+        FIXED: _flat({0: 0.79, 1: 0.81, 2: 0.83}),
+    })
+    gated = defense_effect(cells, cases).iloc[0]  # detectable difference ≈ 0.1 with SD 0.02 over 3 seeds
+    assert np.isnan(gated["recovery"]) and "not above the detectable difference" in gated["recovery_note"]
+    assert gated["damage"] == pytest.approx(0.06) and gated["detectable_difference"] > 0.06
+    given = defense_effect(cells, cases, DetectableDifference(0.05, 0.01, 3)).iloc[0]
+    assert given["recovery"] == pytest.approx(0.05 / 0.06) and given["recovery_note"] == ""
+
+
+def test_clean_cost_at_rate_zero():
+    cells, cases = _tables({CLEAN: _flat({0: 0.8}), ("unet", "none", 0.0, "qc"): _flat({0: 0.75})})
+    row = defense_effect(cells, cases).iloc[0]
+    assert row["clean_cost"] == pytest.approx(0.05) and np.isnan(row["recovery"])
+
+
+def test_clean_baseline_prefers_the_none_attack():
+    groups = [CLEAN, ("unet", "gan", 0.0, "none"), HIT, ("other", "gan", 0.0, "none")]
+    assert clean_baseline(groups, "unet", "gan") == CLEAN
+    assert clean_baseline(groups, "other", "gan") == ("other", "gan", 0.0, "none")
+    assert clean_baseline(groups, "missing", "gan") is None
+
+
+def test_labels_show_only_the_parameters_that_differ():
+    specs = [{"name": "spectral", "budget": 0.2, "bins": 8}, {"name": "spectral", "budget": 0.5, "bins": 8}, {"name": "mriqc", "q": "x"}]
+    assert plugin_labels(specs) == ["spectral (budget=0.2)", "spectral (budget=0.5)", "mriqc"]
