@@ -1,31 +1,46 @@
-"""How well a defense's scores and decisions find the poisoned cases."""
+"""How well a defense's scores and decisions find the poisoned cases.
+
+Only the cases a defense could remove count: trusted cases are never attacked and never
+removable, so they are left out of every figure here (they would otherwise inflate the
+clean class of the AUROC and the denominator of the removed fraction).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
 __all__ = ["detection_stats"]
 
 
-def detection_stats(scores: dict[str, float], removed: list[str], poisoned: set[str]) -> dict[str, Any]:
+def detection_stats(
+    scores: dict[str, float], removed: list[str], poisoned: set[str], trusted: Collection[str] = ()
+) -> dict[str, Any]:
     """AUROC and average precision of the scores, precision / recall / F1 of the decision.
 
     Args:
-        scores: per-case suspicion.
+        scores: per-case suspicion (trusted cases may be among them; they are left out).
         removed: cases the defense removed.
         poisoned: the truly poisoned cases.
+        trusted: cases the defense could not remove (the trusted set).
 
     Returns:
         ``auroc``, ``ap`` (None when only one class is present), ``precision``,
-        ``recall``, ``f1`` (None when undefined), ``removed_fraction``, ``removed`` count
-        and ``poisoned`` count.
+        ``recall``, ``f1`` (None when undefined), ``removed_fraction`` (of the removable
+        cases), ``removed`` count, ``poisoned`` count and ``removable`` count, all over
+        the removable cases only.
+
+    Raises:
+        ValueError: a trusted case is listed as removed or poisoned.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    cases = sorted(scores)
+    trusted = {str(case) for case in trusted}
+    if trusted & (set(removed) | set(poisoned)):
+        raise ValueError(f"trusted cases cannot be removed or poisoned: {sorted(trusted & (set(removed) | set(poisoned)))[:5]}")
+    cases = sorted(case for case in scores if case not in trusted)
     truth = np.array([case in poisoned for case in cases])
     values = np.array([scores[case] for case in cases], dtype=float)
     both = 0 < truth.sum() < len(truth)
@@ -43,4 +58,5 @@ def detection_stats(scores: dict[str, float], removed: list[str], poisoned: set[
         "removed_fraction": len(removed_set) / len(cases) if cases else math.nan,
         "removed": len(removed_set),
         "poisoned": len(poisoned),
+        "removable": len(cases),
     }

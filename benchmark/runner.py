@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -15,6 +17,7 @@ import pandas as pd
 from .cache import cache_root
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
 from .config import Cell, SweepConfig, expand_cells
+from .defense_view import DefenseView, view_rng
 from .detection import detection_stats
 from .environment import environment, package_version, torch_threads
 from .errors import PluginError
@@ -146,6 +149,7 @@ class CellRunner:
         attack.fit(pool, attack_rng)
         poisoned = _check_sliceset(attack.poison(pool, cell.rate, attack_rng), f"attack '{cell.attack.name}'", pool, "poison()")
         record.attack_report = {"poisoned_cases": len(poisoned.poisoned_cases()), **attack.report()}
+        record.attack_report["poisoned_share"] = record.attack_report["poisoned_cases"] / max(len(poisoned.cases) + len(self.split.trusted), 1)
         if self.figures_dir is not None and record.attack_report["poisoned_cases"]:
             self._draw_examples(cell.attack.name, pool, poisoned, getattr(attack.params, "source", None))
         train = SliceSet.concatenate([self.trusted, poisoned]) if self.trusted is not None else poisoned
@@ -198,23 +202,50 @@ class CellRunner:
         if cell.defense.name == "none":
             return train, {}
         defense: Defense = create_plugin(DEFENSES, cell.defense.name, cell.defense.params)  # type: ignore[assignment]
-        defense.bind(context)
-        # a defense never sees the ground-truth poison flags
-        blind = train.with_arrays(poisoned=np.zeros(len(train), dtype=bool))
-        trusted = self.trusted.with_arrays(poisoned=np.zeros(len(self.trusted), dtype=bool)) if self.trusted else None
-        defense.fit(trusted)
-        scores = {str(k): float(v) for k, v in defense.score(blind).items()}
-        missing = set(train.cases) - set(scores)
-        if missing:
-            raise PluginError(f"defense '{cell.defense.name}': score() gave no score for cases {sorted(missing)[:5]}.")
-        if not all(np.isfinite(list(scores.values()))):
-            raise PluginError(f"defense '{cell.defense.name}': score() returned NaN or inf.")
-        trusted_scores = defense.score(trusted) if trusted is not None else None
-        removed = defense.decide(scores, trusted_scores)
-        stats = detection_stats(scores, removed, set(train.poisoned_cases()))
-        stats["removed_cases"] = sorted(removed)
-        kept = train.subset([c for c in train.cases if c not in set(removed)])
+        who = f"defense '{cell.defense.name}'"
+        trusted_cases = set(self.trusted.cases) if self.trusted is not None else set()
+        # opaque, shuffled ids from a secret the defense lacks: nothing but the slices tells poison apart
+        secret = (cell.key, json.dumps(cell.config(), sort_keys=True), self.fingerprint)
+        view = DefenseView.build(train, sorted(trusted_cases), view_rng(*secret))
+        with tempfile.TemporaryDirectory(prefix="poisonbench-defense-") as scratch:
+            # a private scratch folder instead of the shared cache (attack artifacts), no data fingerprint
+            defense.bind(replace(context, cache_dir=Path(scratch), dataset_fingerprint=""))
+            defense.fit(view.trusted)
+            scores = _defense_scores(defense.score(view.train), view.train, who)
+            trusted_scores = _defense_scores(defense.score(view.trusted), view.trusted, who) if view.trusted is not None else None
+        # trusted cases are never attacked and never removable: the others are the candidates
+        hidden_trusted = set(view.trusted.cases) if view.trusted is not None else set()
+        candidates = {case: value for case, value in scores.items() if case not in hidden_trusted}
+        removed_hidden = [str(case) for case in defense.decide(candidates, trusted_scores)]
+        stray = sorted(set(removed_hidden) - set(candidates))
+        if stray:
+            raise PluginError(f"{who}: decide() chose cases that are not removable training cases: {stray[:5]}.")
+        removed = sorted(view.real_ids[case] for case in set(removed_hidden))
+        poisoned = set(train.poisoned_cases())
+        stats = detection_stats(view.to_real(scores), removed, poisoned, trusted=trusted_cases)
+        stats["removed_cases"] = removed
+        if poisoned and not removed:
+            stats["warning"] = (
+                f"{who} removed nothing although {len(poisoned)} of its {len(candidates)} removable "
+                "training cases were poisoned; check its decision rule (budget, quantile, mad_k)."
+            )
+        kept = train.subset([case for case in train.cases if case not in set(removed)])
         return kept, stats
+
+
+def _defense_scores(raw: Any, given: SliceSet, who: str) -> dict[str, float]:
+    """A defense's scores for the cases of ``given`` (opaque ids), checked: one finite number each."""
+    try:
+        scores = {str(case): float(value) for case, value in dict(raw).items()}
+    except (TypeError, ValueError) as exc:
+        raise PluginError(f"{who}: score() must return a mapping of case id to number; {exc}.") from None
+    missing = [case for case in given.cases if case not in scores]
+    if missing:
+        raise PluginError(f"{who}: score() gave no score for cases {missing[:5]} (of {len(given.cases)} it was given).")
+    scores = {case: scores[case] for case in given.cases}
+    if not all(np.isfinite(list(scores.values()))):
+        raise PluginError(f"{who}: score() returned NaN or inf.")
+    return scores
 
 
 def save_predictions(folder: Path, pred: np.ndarray, case_ids: np.ndarray) -> None:

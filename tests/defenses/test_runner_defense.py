@@ -96,7 +96,7 @@ def _cell(defense: dict, rate: float):
 
 @pytest.mark.parametrize(
     "defense, expected_removed",
-    [({"name": "mriqc", "budget": 0.25}, 3), ({"name": "spectral", "quantile": 1.0}, None), ({"name": "none"}, 0)],
+    [({"name": "mriqc", "budget": 0.25}, 2), ({"name": "spectral", "quantile": 1.0}, None), ({"name": "none"}, 0)],
 )
 def test_runner_records_detection_and_trains_on_exactly_the_kept_cases(defense, expected_removed, tmp_path):
     FITTED.clear()
@@ -112,9 +112,11 @@ def test_runner_records_detection_and_trains_on_exactly_the_kept_cases(defense, 
     else:
         removed = report["removed_cases"]
         assert report["poisoned"] == 4  # half of the 8 attackable cases
-        assert report["removed"] == len(removed) and report["removed_fraction"] == pytest.approx(len(removed) / 12)
+        # only the 8 attackable cases are removable: the 4 trusted ones are left out of the figures
+        assert report["removable"] == 8
+        assert report["removed"] == len(removed) and report["removed_fraction"] == pytest.approx(len(removed) / 8)
         assert report["auroc"] >= 0.8  # the toy corruption is visible
-        assert set(removed) <= set(train_cases)
+        assert set(removed) <= set(train_cases) - set(_trusted_cases(data))
         if expected_removed is not None:
             assert len(removed) == expected_removed
     kept = [c for c in train_cases if c not in set(removed)]
@@ -127,9 +129,61 @@ def test_runner_detection_precision_matches_removed_poisoned_cases(tmp_path):
     record = run_cell(_cell({"name": "mriqc", "budget": 0.5}, 0.5), data, cache_dir=tmp_path)
     assert record.status == "finished", record.error
     report = record.defense_report
-    assert report["removed"] == 6
+    assert report["removed"] == 4  # half of the 8 removable cases
     hits = round(report["precision"] * report["removed"])
     assert report["recall"] == pytest.approx(hits / report["poisoned"])
+
+
+#: Shorter training for the defenses that train a model (as in test_defenses.py).
+FAST = {
+    "loss-filter": {"epochs": 3, "warmup": 1},
+    "feature-outlier": {"epochs": 3},
+    "spectral-signatures": {"epochs": 3},
+    "cross-modal": {"iterations": 40, "voxels": 5000},
+}
+
+
+@pytest.mark.parametrize("name", [n for n in list_defenses() if n != "none"])
+def test_every_defense_detects_through_the_runner_under_opaque_ids(name, tmp_path):
+    """Each built-in defense works with the shuffled, renamed view the runner gives it."""
+    data = make_set(14, [], seed=3)
+    record = run_cell(_cell({"name": name, "budget": 0.5, **FAST.get(name, {})}, 0.5), data, cache_dir=tmp_path)
+    assert record.status == "finished", record.error
+    assert record.defense_report["auroc"] >= 0.8, record.defense_report
+    assert not set(record.defense_report["removed_cases"]) & set(_trusted_cases(data))
+
+
+def _trusted_cases(data) -> list[str]:
+    from benchmark.splitting import split_cases
+
+    return split_cases(data, 0.15, 0, 4).trusted
+
+
+def test_trusted_cases_are_never_removed_and_poisoned_share_counts_them(tmp_path):
+    """``budget: 1.0`` removes every removable case, never a trusted one; the segmenter trains on the trusted 4."""
+    FITTED.clear()
+    data = make_set(14, [], seed=3)
+    record = run_cell(_cell({"name": "mriqc", "budget": 1.0}, 0.5), data, cache_dir=tmp_path)
+    assert record.status == "finished", record.error
+    trusted = _trusted_cases(data)
+    assert len(trusted) == 4 and not set(record.defense_report["removed_cases"]) & set(trusted)
+    assert record.defense_report["removed"] == 8 and record.defense_report["removed_fraction"] == 1.0
+    assert FITTED == [_slice_hashes(data.subset(trusted).images[:, 0])]
+    # 4 of the 8 attackable cases are poisoned; the training set has 12 cases with the trusted ones
+    assert record.attack_report["poisoned_cases"] == 4
+    assert record.attack_report["poisoned_share"] == pytest.approx(4 / 12)
+
+
+def test_detection_figures_leave_trusted_cases_out():
+    # trusted t1, t2 score lowest and would count as correctly ranked clean cases; left out, a(P) b(N) c(P) d(N)
+    scores = {"a": 0.9, "b": 0.8, "c": 0.3, "d": 0.1, "t1": -1.0, "t2": -2.0}
+    stats = detection_stats(scores, removed=["a", "b"], poisoned={"a", "c"}, trusted={"t1", "t2"})
+    assert stats["auroc"] == pytest.approx(0.75)
+    assert stats["ap"] == pytest.approx(5 / 6)
+    assert stats["removed_fraction"] == pytest.approx(0.5)
+    assert stats["removable"] == 4
+    with pytest.raises(ValueError, match="t1"):
+        detection_stats(scores, removed=["t1"], poisoned={"a"}, trusted={"t1", "t2"})
 
 
 # --------------------------------------------------------------------------- config
