@@ -26,11 +26,37 @@ from .catalog import (
     register_segmenter,
 )
 from .errors import BenchError, ConfigError, DataError, ExitCode, PluginError
-from .identity import NoAttack, NoDefense
+from .identity import NO_ATTACK, NO_DEFENSE, NoAttack, NoDefense
 from .metrics import METRICS, Aggregate, aggregate, case_metrics
 from .outputs import RESULTS_CSV_COLUMNS
 from .report import summary_frame
 from .defense_effect import RECOVERY_MIN_DAMAGE, defense_effect_frame
+from .analysis import (
+    ALPHA,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CURVE_METRICS,
+    DEFENSE_EFFECT_COLUMNS,
+    GROUP_COLUMNS,
+    MIN_SEEDS,
+    SUMMARY_COLUMNS,
+    DetectableDifference,
+    Interval,
+    adjust_p_values,
+    clean_baseline,
+    defense_effect,
+    detectable_difference,
+    dose_response_rows,
+    drop_interval,
+    mean_interval,
+    plugin_label,
+    plugin_labels,
+    seeds_note,
+    study_tables,
+    summary_table,
+)
+from .figures import plot_dose_response
+from .studies import Study, select_study, study_config, study_key
 from .store import ResultStore
 from .sweep import SweepResult, run_sweep
 from .plugins import (
@@ -65,6 +91,35 @@ __all__ = [
     "summary_frame",
     "RECOVERY_MIN_DAMAGE",
     "defense_effect_frame",
+    "ALPHA",
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "CURVE_METRICS",
+    "DEFENSE_EFFECT_COLUMNS",
+    "GROUP_COLUMNS",
+    "MIN_SEEDS",
+    "NO_ATTACK",
+    "NO_DEFENSE",
+    "SUMMARY_COLUMNS",
+    "DetectableDifference",
+    "Interval",
+    "Study",
+    "adjust_p_values",
+    "clean_baseline",
+    "defense_effect",
+    "detectable_difference",
+    "dose_response_rows",
+    "drop_interval",
+    "mean_interval",
+    "plot_dose_response",
+    "plugin_label",
+    "plugin_labels",
+    "seeds_note",
+    "select_study",
+    "study_config",
+    "study_key",
+    "study_tables",
+    "summary_table",
     "run_sweep",
     "SweepResult",
     "validate_config",

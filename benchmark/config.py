@@ -20,6 +20,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
 from .errors import ConfigError
+from .identity import NO_ATTACK, NO_DEFENSE
 from .registry import Registry
 from .validation import validation_messages
 
@@ -95,8 +96,8 @@ class _RawSweep(_Strict):
     task: TaskConfig = TaskConfig()
     split: SplitConfig = SplitConfig()
     segmenters: list[dict[str, Any]] = Field(min_length=1)
-    attacks: list[dict[str, Any]] = Field([{"name": "none"}], min_length=1)
-    defenses: list[dict[str, Any]] = Field([{"name": "none"}], min_length=1)
+    attacks: list[dict[str, Any]] = Field([{"name": NO_ATTACK}], min_length=1)
+    defenses: list[dict[str, Any]] = Field([{"name": NO_DEFENSE}], min_length=1)
     seeds: list[int] = Field([0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     executor: ExecutorConfig = ExecutorConfig()

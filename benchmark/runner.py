@@ -21,6 +21,7 @@ from .defense_view import DefenseView, view_rng
 from .detection import detection_stats
 from .environment import environment, package_version, torch_threads
 from .errors import PluginError
+from .identity import NO_DEFENSE
 from .metrics import METRICS, case_metrics
 from .plugins import Attack, DatasetSource, Defense, RunContext, Segmenter
 from .regions import region_mask
@@ -199,7 +200,7 @@ class CellRunner:
             logger.warning("could not draw %s: %s", path, exc)
 
     def _defend(self, cell: Cell, context: RunContext, train: SliceSet) -> tuple[SliceSet, dict[str, Any]]:
-        if cell.defense.name == "none":
+        if cell.defense.name == NO_DEFENSE:
             return train, {}
         defense: Defense = create_plugin(DEFENSES, cell.defense.name, cell.defense.params)  # type: ignore[assignment]
         who = f"defense '{cell.defense.name}'"
