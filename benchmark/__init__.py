@@ -27,7 +27,7 @@ from .catalog import (
 )
 from .errors import BenchError, ConfigError, DataError, ExitCode, PluginError
 from .identity import NO_ATTACK, NO_DEFENSE, NoAttack, NoDefense
-from .metrics import METRICS, Aggregate, aggregate, case_metrics
+from .metrics import METRICS, Aggregate, aggregate, case_metrics, metrics_from_confusion
 from .outputs import RESULTS_CSV_COLUMNS
 from .report import summary_frame
 from .defense_effect import RECOVERY_MIN_DAMAGE, defense_effect_frame
@@ -162,6 +162,7 @@ __all__ = [
     "list_datasets",
     "list_defenses",
     "list_segmenters",
+    "metrics_from_confusion",
     "predict_binary_segmentation",
     "region_mask",
     "register_attack",

@@ -78,13 +78,13 @@ def register_leaderboard(sub: argparse._SubParsersAction) -> None:
     from .verify import DEFAULT_TOLERANCE
 
     verify = _add_command(
-        actions, "verify", "re-run a sampled cell (or all cells) of an entry and compare per-case Dice; a match marks it verified",
+        actions, "verify", "re-run a sampled cell (or all cells) of an entry and compare every per-case metric and count; a match marks it verified",
         "  bench leaderboard verify jane-doe-0123456789ab\n  bench leaderboard verify jane-doe-0123456789ab --cells all --tolerance 1e-4",
     )
     verify.add_argument("entry", help="entry id, entry file name or path")
     verify.add_argument("--board", default=str(DEFAULT_BOARD), help=f"board folder (default: {DEFAULT_BOARD})")
     verify.add_argument("--cells", default="sample", metavar="WHICH", help="'sample' (one cell, default), 'all', or a cell key (prefix)")
-    verify.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help=f"largest absolute per-case Dice difference (default: {DEFAULT_TOLERANCE:g})")
+    verify.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help=f"largest absolute per-case metric difference; counts: as a fraction of the case's TP+FP+FN (default: {DEFAULT_TOLERANCE:g})")
     verify.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="device of the re-run (default: cpu)")
     verify.add_argument("--seed", type=int, default=None, help="seed of the cell sample (default: drawn from the digest)")
     verify.add_argument("--threads", type=_positive_int, default=None,
@@ -122,6 +122,7 @@ def _verify(args: argparse.Namespace) -> int:
     if record["status"] != "verified":
         for cell in record["cells"]:
             if not cell["matched"]:
-                print(f"  cell {cell['key']}: same cases {cell['same_cases']}, largest Dice difference {cell['max_abs_dice_diff']}", file=sys.stderr)
+                diffs = ", ".join(f"{name} {value:.3g}" if value is not None else f"{name} -" for name, value in cell["max_abs_diff"].items())
+                print(f"  cell {cell['key']}: same cases {cell['same_cases']}, largest differences: {diffs}", file=sys.stderr)
         return int(ExitCode.CELL_FAILED)
     return int(ExitCode.OK)

@@ -13,14 +13,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmark import METRICS, BenchError, aggregate
+from benchmark import METRICS, BenchError, aggregate, metrics_from_confusion
 
-from .bundle import compute_digest
+from .bundle import COUNT_COLUMNS, compute_digest
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
     "MAX_DEPTH",
     "AGGREGATE_TOLERANCE",
+    "COUNT_TOLERANCE",
+    "MAX_COUNT",
+    "DETECTION_FIGURES",
     "SubmissionError",
     "load_schema",
     "read_json_file",
@@ -32,8 +35,16 @@ MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 """Largest bundle file accepted (64 MiB)."""
 MAX_DEPTH = 32
 """Deepest nesting of JSON arrays and objects accepted."""
+MAX_COUNT = 2**53
+"""Largest TP/FP/TN/FN accepted: every count is exact as a float."""
 AGGREGATE_TOLERANCE = 1e-9
 """Largest accepted difference between a submitted aggregate and its recomputation."""
+COUNT_TOLERANCE = 1e-9
+"""Largest accepted difference between a per-case metric and the value its TP/FP/TN/FN give."""
+DETECTION_FIGURES = ("auroc", "ap", "precision", "recall", "f1", "removed_fraction")
+"""Fields of a defense report that are fractions in [0, 1] (or null when undefined)."""
+_MAX_LISTED = 10
+"""Per-case problems of one kind listed one by one; the rest are counted."""
 
 
 class SubmissionError(BenchError):
@@ -149,16 +160,19 @@ def _schema_reasons(bundle: Any) -> list[str]:
 
 
 def results_fingerprint(bundle: dict[str, Any]) -> str:
-    """Identity of a bundle's results regardless of submitter and export date (duplicate detection)."""
+    """Identity of a bundle's results: every cell's per-case TP/FP/TN/FN, order-free (duplicate detection).
+
+    The metrics follow from the counts (see `check_bundle`), so a metric nudged by 1e-15,
+    a renamed cell key or case, another submitter or export date leave the fingerprint as it is.
+    """
     import hashlib
 
-    from .bundle import canonical_json
-
-    cells = sorted(
-        ({"key": c.get("key"), "config": c.get("config"), "cases": c.get("cases")} for c in bundle.get("cells", []) if isinstance(c, dict)),
-        key=lambda c: str(c["key"]),
-    )
-    return hashlib.sha256(canonical_json(cells)).hexdigest()
+    cells = []
+    for _, cell in _cells(bundle):
+        cases = cell.get("cases")
+        rows = [json.dumps([c.get(k) for k in COUNT_COLUMNS] if isinstance(c, dict) else None) for c in (cases if isinstance(cases, list) else [])]
+        cells.append(json.dumps(sorted(rows)))
+    return hashlib.sha256("\n".join(sorted(cells)).encode("utf-8")).hexdigest()
 
 
 def _in_unit(value: Any) -> bool:
@@ -202,7 +216,53 @@ def _range_reasons(bundle: dict[str, Any]) -> list[str]:
                 value = agg.get(field) if isinstance(agg, dict) else None
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_unit(value):
                     reasons.append(f"range: cells/{i}/aggregates/{metric}/{field}: {value} is not in [0, 1].")
+        report = cell.get("defense_report")
+        for field in DETECTION_FIGURES if isinstance(report, dict) else ():
+            value = report.get(field)
+            if value is not None and not _in_unit(value):
+                reasons.append(f"range: cells/{i}/defense_report/{field}: {_short(value)} is not a number in [0, 1] (or null).")
     return reasons
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _count_reasons(bundle: dict[str, Any], tolerance: float = COUNT_TOLERANCE) -> list[str]:
+    """Every per-case metric must be what its TP/FP/TN/FN give (`benchmark.metrics_from_confusion`)."""
+    import pandas as pd
+
+    reasons: list[str] = []
+    unlisted = 0
+    for i, cell in _cells(bundle):
+        cases = cell.get("cases")
+        rows = [
+            (j, case) for j, case in enumerate(cases if isinstance(cases, list) else [])
+            if isinstance(case, dict) and all(_is_count(case.get(k)) for k in COUNT_COLUMNS)
+        ]
+        if not rows:
+            continue
+        counts = pd.DataFrame([{k: case[k] for k in COUNT_COLUMNS} for _, case in rows], dtype="int64")
+        expected = metrics_from_confusion(counts)
+        for metric in METRICS:
+            want = expected[metric].to_numpy()
+            for (j, case), target in zip(rows, want):
+                got = case.get(metric)
+                if not _in_unit(got) or abs(float(got) - float(target)) <= tolerance:
+                    continue  # the schema and range checks report values that are not numbers in [0, 1]
+                if len(reasons) < _MAX_LISTED:
+                    counted = ", ".join(f"{k}={case[k]}" for k in COUNT_COLUMNS)
+                    reasons.append(f"counts: cells/{i}/cases/{j}/{metric} is {got!r} but its counts ({counted}) give {float(target)!r}.")
+                else:
+                    unlisted += 1
+    if unlisted:
+        reasons.append(f"counts: {unlisted} more per-case metric(s) do not follow from their TP/FP/TN/FN.")
+    return reasons
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
 def _aggregate_reasons(bundle: dict[str, Any], tolerance: float) -> list[str]:
@@ -293,10 +353,11 @@ def check_bundle(
     if actual is not None and digest != actual:
         reasons.append(f"digest: the bundle's digest {str(digest)[:80]!r} does not match its content (SHA-256 {actual}); it was changed after export.")
     reasons += _range_reasons(bundle)
+    reasons += _count_reasons(bundle)
     reasons += _aggregate_reasons(bundle, tolerance)
     reasons += _consistency_reasons(bundle)
     if isinstance(digest, str) and digest in set(known_digests):
         reasons.append(f"duplicate: a submission with digest {digest} is already on the board.")
     elif results_fingerprint(bundle) in set(known_results):
-        reasons.append("duplicate: the same results (cells and per-case metrics) are already on the board under another submission.")
+        reasons.append("duplicate: the same results (every cell's per-case TP/FP/TN/FN) are already on the board under another submission.")
     return reasons

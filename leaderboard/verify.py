@@ -1,10 +1,12 @@
-"""``bench leaderboard verify``: re-run cells of an entry here and compare per-case Dice.
+"""``bench leaderboard verify``: re-run cells of an entry here and compare every per-case result.
 
 Each chosen cell becomes a one-cell sweep (its resolved config), run with
 `benchmark.run_sweep` in a temporary folder with the submission's torch thread count
 (CPU results are bit-identical only at equal thread counts); the entry is ``verified`` when every
-validation case of every re-run cell has the same case ids and a Dice within the
-tolerance of the submitted one (absolute difference; default `DEFAULT_TOLERANCE`).
+validation case of every re-run cell has the same case ids, every metric (Dice, Jaccard,
+accuracy, sensitivity, specificity) within the tolerance of the submitted one (absolute
+difference; default `DEFAULT_TOLERANCE`), and TP/FP/TN/FN within the tolerance as a
+fraction of the case's foreground (TP + FP + FN).
 """
 
 from __future__ import annotations
@@ -16,15 +18,42 @@ from pathlib import Path
 from typing import Any
 
 import benchmark
-from benchmark import BenchError, ResultStore, run_sweep, validate_config
+from benchmark import METRICS, BenchError, ResultStore, run_sweep, validate_config
 
 from .board import Board, Entry
-from .bundle import common_thread_count
+from .bundle import COUNT_COLUMNS, common_thread_count
 
-__all__ = ["DEFAULT_TOLERANCE", "cell_sweep", "choose_cells", "verify_entry"]
+__all__ = ["DEFAULT_TOLERANCE", "cell_sweep", "choose_cells", "compare_cases", "verify_entry"]
 
 DEFAULT_TOLERANCE = 1e-3
-"""Largest accepted absolute per-case Dice difference between submission and re-run."""
+"""Largest accepted absolute per-case metric difference (and count difference, as a fraction of the case's TP + FP + FN)."""
+
+
+def compare_cases(submitted: list[dict[str, Any]], rerun: list[dict[str, Any]]) -> dict[str, Any]:
+    """Largest per-case differences between submitted and re-run results.
+
+    Args:
+        submitted: the cell's ``cases`` (case id, every metric, ``tp fp tn fn``).
+        rerun: the same fields from the re-run.
+
+    Returns:
+        ``same_cases`` (bool), ``cases`` (count submitted) and ``max_abs_diff``: per metric the
+        largest absolute difference, and under ``counts`` the largest TP/FP/TN/FN difference
+        divided by the case's foreground (TP + FP + FN of the re-run, at least 1): the scale
+        of Dice and Jaccard, not of the background (None when no case is shared).
+    """
+    mine = {str(c["case"]): c for c in submitted}
+    theirs = {str(c["case"]): c for c in rerun}
+    shared = [case for case in mine if case in theirs]
+    diffs: dict[str, float | None] = {}
+    for metric in METRICS:
+        diffs[metric] = max((abs(float(mine[c][metric]) - float(theirs[c][metric])) for c in shared), default=None)
+    fractions = []
+    for case in shared:
+        foreground = max(sum(int(theirs[case][k]) for k in ("tp", "fp", "fn")), 1)
+        fractions.append(max(abs(int(mine[case][k]) - int(theirs[case][k])) for k in COUNT_COLUMNS) / foreground)
+    diffs["counts"] = max(fractions, default=None)
+    return {"same_cases": sorted(mine) == sorted(theirs), "cases": len(mine), "max_abs_diff": diffs}
 
 
 def cell_sweep(cell_config: dict[str, Any], device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
@@ -66,13 +95,14 @@ def verify_entry(
     workdir: str | Path | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Re-run cells of an entry, compare per-case Dice, and record the outcome in the entry file.
+    """Re-run cells of an entry, compare every per-case metric and count, and record the outcome.
 
     Args:
         board: the board holding the entry.
         ident: entry id, file name or path.
         which: ``sample``, ``all`` or a cell key. Defaults to ``sample``.
-        tolerance: largest absolute per-case Dice difference. Defaults to `DEFAULT_TOLERANCE`.
+        tolerance: largest absolute per-case metric difference (counts: as a fraction of the
+            case's TP + FP + FN). Defaults to `DEFAULT_TOLERANCE`.
         device: ``cpu``, ``cuda`` or ``auto``. Defaults to ``cpu``.
         seed: seed of the cell sample. Defaults to one drawn from the digest.
         workdir: where re-runs write their results. Defaults to a temporary folder, removed afterwards.
@@ -96,28 +126,29 @@ def verify_entry(
             with ResultStore(out / "results.sqlite") as store:
                 rerun = store.case_metrics()
                 rerun_environments.extend(store.runs()["environment"])
-            submitted = {c["case"]: float(c["dice"]) for c in cell["cases"]}
-            got = {str(r["case"]): float(r["dice"]) for _, r in rerun.iterrows()}
-            same_cases = sorted(submitted) == sorted(got)
-            diffs = [abs(submitted[c] - got[c]) for c in submitted if c in got]
-            max_diff = max(diffs) if diffs else None
-            matched = bool(result.exit_code == 0 and same_cases and max_diff is not None and max_diff <= tolerance)
+            got = [{"case": str(r["case"]), **{k: r[k] for k in (*METRICS, *COUNT_COLUMNS)}} for _, r in rerun.iterrows()]
+            comparison = compare_cases(cell["cases"], got)
+            diffs = comparison["max_abs_diff"]
+            within = all(value is not None and value <= tolerance for value in diffs.values())
+            matched = bool(result.exit_code == 0 and comparison["same_cases"] and within)
             outcomes.append(
                 {
                     "key": cell["key"],
                     "rerun_keys": result.ran + result.skipped,
                     "same_key": cell["key"] in (result.ran + result.skipped),
-                    "same_cases": same_cases,
-                    "cases": len(submitted),
-                    "max_abs_dice_diff": max_diff,
+                    "same_cases": comparison["same_cases"],
+                    "cases": comparison["cases"],
+                    "max_abs_dice_diff": diffs["dice"],
+                    "max_abs_diff": diffs,
                     "matched": matched,
                 }
             )
     ok = all(o["matched"] for o in outcomes)
-    worst = max((o["max_abs_dice_diff"] for o in outcomes if o["max_abs_dice_diff"] is not None), default=None)
+    worst = max((v for o in outcomes for v in o["max_abs_diff"].values() if v is not None), default=None)
     record = {
         "status": "verified" if ok else "mismatch",
-        "metric": "dice",
+        "metric": "all",
+        "compared": [*METRICS, *COUNT_COLUMNS],
         "tolerance": tolerance,
         "cells": outcomes,
         "device": device,
@@ -126,7 +157,7 @@ def verify_entry(
         "package_version": benchmark.package_version(),
         "git_commit": benchmark.git_commit(),
         "summary": (
-            f"{sum(o['matched'] for o in outcomes)}/{len(outcomes)} re-run cell(s) matched per-case Dice within {tolerance:g}"
+            f"{sum(o['matched'] for o in outcomes)}/{len(outcomes)} re-run cell(s) matched every per-case metric and count within {tolerance:g}"
             + (f" (largest difference {worst:.3g})" if worst is not None else "")
         ),
     }

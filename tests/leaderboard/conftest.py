@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import METRICS, ResultStore
+from benchmark import METRICS, ResultStore, metrics_from_confusion
 from benchmark.store import CellRecord
 from leaderboard import compute_digest
 from leaderboard.bundle import AGGREGATE_METHOD, _aggregates
@@ -28,27 +28,18 @@ CLEAN = np.array([0.86, 0.82, 0.90, 0.78, 0.88, 0.84, 0.80, 0.87])
 DROP = {0.25: 0.03, 0.5: 0.10, 1.0: 0.30}
 
 
+def counts_for_dice(dice: float) -> dict[str, int]:
+    """TP/FP/TN/FN whose Dice is ``dice`` to about 1e-8 (large counts, errors split evenly)."""
+    tp = 10_000_000
+    errors = int(round(2 * tp * (1 - dice) / dice))
+    return {"tp": tp, "fp": errors // 2, "tn": 1_000_000_000, "fn": errors - errors // 2}
+
+
 def _frame(dice: np.ndarray) -> pd.DataFrame:
-    dice = np.clip(dice, 0, 1)
-    rows = {}
-    for case, d in zip(CASES, dice):
-        tp = int(round(d * 100))
-        fp = fn = int(round((100 - tp) / 2))
-        tn = 4000
-        rows[case] = {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
-    counts = pd.DataFrame.from_dict(rows, orient="index")
-    tp, fp, tn, fn = (counts[c].astype(float) for c in ("tp", "fp", "tn", "fn"))
-    frame = pd.DataFrame(
-        {
-            "dice": dice,
-            "jaccard": dice / (2 - dice),
-            "accuracy": ((tp + tn) / (tp + tn + fp + fn)).to_numpy(),
-            "sensitivity": np.clip(dice + 0.02, 0, 1),
-            "specificity": (tn / (tn + fp)).to_numpy(),
-        },
-        index=pd.Index(CASES, name="case"),
-    )
-    return pd.concat([frame, counts], axis=1)
+    """Per-case counts near the wanted Dice, and every metric as `benchmark.metrics` derives it from them."""
+    dice = np.clip(dice, 0.01, 1)
+    counts = pd.DataFrame([counts_for_dice(float(d)) for d in dice], index=pd.Index(CASES, name="case"))
+    return metrics_from_confusion(counts)
 
 
 def _record(key: str, attack: dict, rate: float, defense: dict, seed: int, dice: np.ndarray, t: float,
@@ -99,6 +90,13 @@ def bundle(results_dir: Path) -> dict:
     return export_bundle(results_dir, {"name": "Jane Doe", "affiliation": "Example Lab", "link": "https://example.org"}, created="2025-01-01T00:00:00+00:00")
 
 
+def recount(case: dict) -> dict:
+    """``case`` with every metric recomputed from its TP/FP/TN/FN (in place; returned for chaining)."""
+    frame = metrics_from_confusion(pd.DataFrame([{k: case[k] for k in ("tp", "fp", "tn", "fn")}]))
+    case.update({m: float(frame[m].iloc[0]) for m in METRICS})
+    return case
+
+
 def reseal(bundle: dict, recompute_aggregates: bool = False) -> dict:
     """A copy with its aggregates (optionally) and digest recomputed, as an honest exporter would."""
     bundle = copy.deepcopy(bundle)
@@ -120,6 +118,6 @@ def helpers():
         pass
 
     h = H()
-    h.reseal, h.dump, h.write_results = reseal, dump, write_results
+    h.reseal, h.dump, h.write_results, h.recount, h.record = reseal, dump, write_results, recount, _record
     h.aggregate_method = AGGREGATE_METHOD
     return h

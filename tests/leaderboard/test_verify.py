@@ -47,11 +47,13 @@ def test_verify_marks_a_matching_entry_verified_and_a_doctored_one_not(tiny_conf
     bundle = json.loads(sub.read_text())
     entry_id = f"honest-{bundle['digest'][:12]}"
 
-    # a doctored copy: better Dice than it really got, aggregates and digest recomputed so it passes 'add'
+    # a doctored copy: missed voxels claimed as found, every metric, aggregate and the digest recomputed so it passes 'add'
     doctored = copy.deepcopy(bundle)
     doctored["submitter"]["name"] = "Doctored"
-    for case in doctored["cells"][0]["cases"]:
-        case["dice"] = min(1.0, case["dice"] + 0.2)
+    for cell in doctored["cells"]:
+        for case in cell["cases"]:
+            case["tp"], case["fn"] = case["tp"] + case["fn"], 0
+            helpers.recount(case)
     doctored = helpers.reseal(doctored, recompute_aggregates=True)
     assert main(["leaderboard", "add", str(helpers.dump(doctored, tmp_path / "doc.json")), "--board", str(board)]) == 0
     capsys.readouterr()
@@ -70,7 +72,8 @@ def test_verify_marks_a_matching_entry_verified_and_a_doctored_one_not(tiny_conf
 
     assert main(["leaderboard", "verify", f"doctored-{doctored['digest'][:12]}", "--board", str(board)]) == 1
     assert "mismatch" in capsys.readouterr().out
-    assert Board(board).get(f"doctored-{doctored['digest'][:12]}").verification["cells"][0]["max_abs_dice_diff"] == pytest.approx(0.2, abs=1e-6)
+    record = Board(board).get(f"doctored-{doctored['digest'][:12]}").verification
+    assert record["status"] == "mismatch" and record["cells"][0]["max_abs_diff"]["sensitivity"] > 1e-3
 
     assert main(["leaderboard", "build", "--board", str(board), "--out", str(site)]) == 0
     statuses = {e["name"]: e["status"] for e in json.loads((site / "leaderboard.json").read_text())["entries"]}
