@@ -8,7 +8,7 @@ from __future__ import annotations
 from .board import DEFAULT_BOARD, Board, Entry, safe_name
 from .bundle import SCHEMA_VERSION, canonical_json, compute_digest, export_bundle, write_bundle
 from .site import build_site, markdown_board
-from .stats import PairedTest, dose_response_auc, paired_test, rate_at_drop, value_at_rate
+from .stats import dose_response_auc, rate_at_drop, value_at_rate
 from .tables import Analysis, analyse
 from .validate import MAX_BUNDLE_BYTES, MAX_DEPTH, SubmissionError, check_bundle, load_schema, read_json_file
 from .verify import DEFAULT_TOLERANCE, verify_entry
@@ -21,7 +21,6 @@ __all__ = [
     "Entry",
     "MAX_BUNDLE_BYTES",
     "MAX_DEPTH",
-    "PairedTest",
     "SCHEMA_VERSION",
     "SubmissionError",
     "analyse",
@@ -33,7 +32,6 @@ __all__ = [
     "export_bundle",
     "load_schema",
     "markdown_board",
-    "paired_test",
     "rate_at_drop",
     "read_json_file",
     "safe_name",

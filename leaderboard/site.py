@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from markupsafe import Markup
 
 import benchmark
@@ -25,7 +26,7 @@ from .board import Board, Entry
 from .bundle import finite_or_none
 from .staging import SiteWriter, check_site_folder, staged_site
 from .stats import ALPHA
-from .tables import CURVE_METRICS, Analysis, analyse, plugin_label
+from .tables import Analysis, analyse, plugin_label
 
 __all__ = ["SORT_SCRIPT", "BuildResult", "build_site", "markdown_board", "CSV_COLUMNS"]
 
@@ -77,7 +78,7 @@ SORT_SCRIPT = """
 CSV_COLUMNS = [
     "entry", "status", "submitter", "dataset", "segmenter", "attack", "rate", "defense", "seeds", "cases",
     "dice", "dice_ci_low", "dice_ci_high", "accuracy", "sensitivity", "clean_dice", "drop", "p_value", "significant",
-    "auroc", "ap",
+    "auroc", "ap", "drop_ci_low", "drop_ci_high", "p_holm", "seeds_note", "poisoned_share",
 ]
 
 
@@ -116,33 +117,10 @@ def _safe_link(link: str) -> str | None:
 
 
 def _figure(row: dict[str, Any], points: list[tuple[float, dict[str, Any]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.6, 3.2), dpi=100)
-    rates = [p[0] for p in points]
-    for metric, color in zip(CURVE_METRICS, ("#1f77b4", "#2ca02c", "#d62728")):
-        mean = [p[1][metric] if p[1][metric] is not None else float("nan") for p in points]
-        low = [p[1][f"{metric}_ci_low"] if p[1][f"{metric}_ci_low"] is not None else float("nan") for p in points]
-        high = [p[1][f"{metric}_ci_high"] if p[1][f"{metric}_ci_high"] is not None else float("nan") for p in points]
-        ax.plot(rates, mean, marker="o", color=color, label=metric)
-        ax.fill_between(rates, low, high, color=color, alpha=0.18, linewidth=0)
-    for rate, point in points:
-        if point.get("significant"):
-            ax.annotate("*", (rate, point["dice"]), textcoords="offset points", xytext=(0, 5), ha="center", color="#b42318")
-    ax.set_xlabel("poison rate")
-    ax.set_ylabel("metric (95 % CI)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlim(min(rates) - 0.02, max(rates) + 0.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    """The attack's dose-response curve, drawn by `benchmark.plot_dose_response` (the one plotter)."""
+    frame = pd.DataFrame([{**point, "attack": row["attack"], "rate": rate} for rate, point in points])
     title = f"{row['segmenter'].split(' (')[0]} | {row['attack']}"
-    ax.set_title(title if len(title) <= 60 else title[:57] + "...", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png", metadata={"Software": None})
-    plt.close(fig)
+    benchmark.plot_dose_response(frame, row["attack"], path, title=title if len(title) <= 60 else title[:57] + "...")
 
 
 _MD_ESCAPES = str.maketrans({**{c: f"&#{ord(c)};" for c in "<>&|"}, **{c: "\\" + c for c in "\\`*_{}[]()#+!~"}})
@@ -156,11 +134,16 @@ def _md(text: Any) -> str:
 
 
 STAR = "\\*"
+STATISTICS_NOTE = (
+    "Intervals: 95 % two-level percentile bootstrap (seeds, then cases within each; 2000 resamples, fixed seed). "
+    "`*`: a drop from the clean baseline whose p-value (t-test on the bootstrap standard error, seeds − 1 degrees of freedom), "
+    "adjusted by Holm over every drop on the board, is below {alpha}; tested only with at least 3 seeds."
+)
 
 
 def markdown_board(analysis: Analysis, generated: str) -> str:
     """The boards as GitHub-flavoured Markdown (drop-in for a README)."""
-    lines = ["# poisonbench leaderboard", "", f"_Built {generated}. `*`: significant drop from the clean baseline (paired Wilcoxon, p < {ALPHA})._", ""]
+    lines = ["# poisonbench leaderboard", "", f"_Built {generated}. {STATISTICS_NOTE.format(alpha=ALPHA)}_", ""]
 
     def table(header: list[str], rows: list[list[str]]) -> None:
         lines.append("| " + " | ".join(header) + " |")
@@ -176,7 +159,8 @@ def markdown_board(analysis: Analysis, generated: str) -> str:
         [
             [
                 _md(r["submitter"] or r["entry"]), r["status"], _md(r["segmenter"]), _md(r["attack"]), _fmt(r["clean_dice"]),
-                "<br>".join(f"{_fmt(p['rate'])}: {_fmt(p['dice'])}{STAR if p['significant'] else ''}" for p in r["points"]),
+                "<br>".join(f"{_fmt(p['rate'])}: {_fmt(p['dice'])}{STAR if p['significant'] else ''}"
+                           f"{' (' + p['seeds_note'] + ')' if p['seeds_note'] and p['drop'] is not None else ''}" for p in r["points"]),
                 _fmt(r["auc"]), _fmt(r["rate_at_5pct"]),
             ]
             for r in analysis.attacks

@@ -1,0 +1,80 @@
+"""The boards call the analysis layer of benchmark: same numbers as summary.csv and defenses.csv, Holm over the board."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import leaderboard
+from benchmark import ALPHA, ResultStore, adjust_p_values
+from benchmark.outputs import write_sweep_tables
+from leaderboard.board import Entry
+from leaderboard.tables import analyse
+
+
+@pytest.fixture
+def three_seeds(helpers, tmp_path, monkeypatch):
+    monkeypatch.setitem(helpers.write_results.__globals__, "SEEDS", [0, 1, 2])
+    return helpers.write_results(tmp_path / "results")
+
+
+def _board_and_tables(results_dir: Path):
+    bundle = leaderboard.export_bundle(results_dir)
+    analysis = analyse([Entry("e", None, bundle, "", None)])
+    with ResultStore(results_dir / "results.sqlite") as store:
+        tables = write_sweep_tables(store.runs(), store.case_metrics(), results_dir)
+    return analysis, tables
+
+
+def test_board_drops_and_tests_equal_summary_csv(three_seeds):
+    analysis, tables = _board_and_tables(three_seeds)
+    summary = tables["summary"].set_index(["attack", "rate", "defense"])
+    for row in analysis.cells:
+        expected = summary.loc[(row["attack"].split(" (")[0], row["rate"], row["defense"].split(" (")[0])]
+        assert row["seeds"] == [0, 1, 2] and row["cases"] == expected["cases"]
+        assert row["dice"] == pytest.approx(expected["dice"], abs=1e-6)
+        assert row["dice_ci_low"] == pytest.approx(expected["dice_ci_low"], abs=1e-6)
+        if pd.isna(expected["drop"]):
+            assert row["drop"] is None
+        else:
+            assert row["drop"] == pytest.approx(expected["drop"], abs=1e-6)
+            assert row["p_value"] == pytest.approx(expected["p_value"], rel=1e-6)
+    # Holm over every drop on the board, and a star only where the adjusted p-value is below alpha
+    tested = [r for r in analysis.cells if r["p_value"] is not None]
+    assert len(tested) >= 6
+    holm = adjust_p_values([r["p_value"] for r in tested])
+    assert [r["p_holm"] for r in tested] == pytest.approx(holm, rel=1e-6)
+    assert all(r["significant"] == (r["p_holm"] < ALPHA and r["drop"] > 0) for r in tested)
+    noise_half = next(r for r in analysis.cells if r["attack_name"] == "noise" and r["rate"] == 0.5 and r["defense_name"] == "none")
+    assert noise_half["significant"] and noise_half["seeds_note"] == ""
+
+
+def test_board_recovery_equals_defenses_csv(three_seeds):
+    analysis, tables = _board_and_tables(three_seeds)
+    (board,) = analysis.defenses
+    written = tables["defenses"].set_index(["attack", "rate"])
+    for point in board["points"]:
+        assert point["recovery"] == pytest.approx(written.loc[("noise", point["rate"]), "recovery"], abs=1e-6)
+        assert point["recovery"] == pytest.approx(0.5, abs=1e-6)
+    # the noise attack has no rate 0: the clean cost is that of the none attack's rate-0 row
+    assert board["clean_cost"] == pytest.approx(written.loc[("none", 0.0), "clean_cost"], abs=1e-6) == pytest.approx(0.01)
+
+
+def test_leaderboard_imports_only_the_benchmark_public_api():
+    for path in Path(leaderboard.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                assert not node.module.startswith("benchmark."), f"{path.name} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("benchmark.") for alias in node.names), path.name
+
+
+def test_one_seed_entries_say_so_instead_of_a_star(bundle):
+    one_seed = dict(bundle, cells=[c for c in bundle["cells"] if c["config"]["seed"] == 0])
+    analysis = analyse([Entry("e", None, one_seed, "", None)])
+    drops = [r for r in analysis.cells if r["drop"] is not None]
+    assert drops and all(r["p_value"] is None and r["seeds_note"] == "1 seed" and not r["significant"] for r in drops)
+    assert analysis.detectable[0]["detectable_difference"] is None
