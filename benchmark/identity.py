@@ -27,3 +27,7 @@ class NoDefense(Defense):
 
     def score(self, train: SliceSet) -> dict[str, float]:
         return {case: 0.0 for case in train.cases}
+
+    def decide(self, scores: dict[str, float], trusted_scores: dict[str, float] | None = None) -> list[str]:
+        """Nothing: the identity defense never removes a case, whatever the default rule of the others."""
+        return []

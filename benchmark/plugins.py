@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import ConfigError
 from .sliceset import SliceSet
@@ -28,6 +28,8 @@ __all__ = [
     "CaseAttack",
     "Defense",
     "DefenseParams",
+    "DEFAULT_MAD_K",
+    "outlier_threshold",
     "Segmenter",
     "select_cases",
 ]
@@ -191,21 +193,67 @@ class CaseAttack(Attack):
         raise NotImplementedError
 
 
+#: Default ``mad_k`` of the outlier rule that decides when a defense has neither a rule nor trusted cases.
+DEFAULT_MAD_K = 3.0
+
+
 class DefenseParams(PluginParams):
-    """Decision rule shared by defenses: a removal budget or a trusted-score quantile."""
+    """Decision rule shared by defenses: at most one of ``budget`` and ``quantile``.
+
+    With neither set, a defense still acts: with trusted cases it removes what scores above
+    every trusted case (``quantile`` 1.0 of their out-of-sample scores); without, what scores
+    above ``median + mad_k × 1.4826 × MAD`` of the training scores (a robust outlier rule,
+    Leys et al., J. Exp. Soc. Psychol. 2013; 1.4826 × MAD estimates σ for normal scores).
+    """
 
     budget: float | None = Field(
-        None, ge=0.0, le=1.0, description="fraction of training cases to remove (highest scores first)"
+        None, ge=0.0, le=1.0, description="fraction of removable training cases to remove (highest scores first); not with quantile"
     )
     quantile: float | None = Field(
-        None, gt=0.0, le=1.0, description="remove cases scoring above this quantile of the trusted set's scores"
+        None,
+        gt=0.0,
+        le=1.0,
+        description="remove cases scoring above this quantile of the trusted cases' scores; not with budget "
+        "(default with trusted cases and no budget: 1.0, above every trusted case)",
     )
+    mad_k: float = Field(
+        DEFAULT_MAD_K,
+        gt=0.0,
+        le=100.0,
+        description="with no budget, no quantile and no trusted cases: remove cases scoring above "
+        "median + mad_k x 1.4826 x MAD of the training scores",
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> DefenseParams:
+        if self.budget is not None and self.quantile is not None:
+            raise ValueError("set either budget or quantile, not both")
+        return self
+
+
+def outlier_threshold(values: Iterable[float], k: float) -> float:
+    """``median + k × σ̂`` of ``values``, with ``σ̂ = 1.4826 × MAD``.
+
+    When more than half the values are equal (MAD 0), ``σ̂`` falls back to ``1.2533 ×`` the
+    mean absolute deviation from the median (also σ for normal data), so a few distinct
+    high scores are not all outliers by default; when all are equal the median is returned.
+    """
+    array = np.fromiter(values, float)
+    if array.size == 0:
+        return math.inf
+    centre = float(np.median(array))
+    deviation = np.abs(array - centre)
+    scale = 1.4826 * float(np.median(deviation)) or 1.2533 * float(deviation.mean())
+    return centre + k * scale
 
 
 class Defense(Plugin):
     """Scores training cases for suspicion and decides which to keep.
 
-    A defense sees images and masks, never the ``poisoned`` flags.
+    A defense sees images and masks under opaque, shuffled case ids (``case-<n>``), never
+    the ``poisoned`` flags, the data set's ``meta``, its fingerprint or the shared cache.
+    ``score`` gets every training case, trusted ones included (under the same ids as in
+    ``fit``); only the others are candidates for removal.
     """
 
     requires_trusted: ClassVar[bool] = False
@@ -218,18 +266,36 @@ class Defense(Plugin):
         raise NotImplementedError
 
     def decide(self, scores: dict[str, float], trusted_scores: dict[str, float] | None = None) -> list[str]:
-        """Cases to remove, by the ``budget`` or ``quantile`` rule of the parameters."""
+        """Cases to remove, highest score first.
+
+        ``budget``: the ``round(budget × cases)`` highest scores. ``quantile``: those
+        scoring strictly above that quantile of ``trusted_scores``. Neither: quantile 1.0
+        when ``trusted_scores`` are given, else those above `outlier_threshold` with
+        ``mad_k``.
+
+        Args:
+            scores: the removable cases' scores.
+            trusted_scores: out-of-sample scores of the trusted cases, or None.
+
+        Raises:
+            ConfigError: both rules set, or ``quantile`` without trusted scores.
+        """
         budget = getattr(self.params, "budget", None)
         quantile = getattr(self.params, "quantile", None)
+        if budget is not None and quantile is not None:
+            raise ConfigError(f"defense {self.name}: set either budget or quantile, not both.")
         ranked = sorted(scores, key=lambda case: (-scores[case], case))
         if budget is not None:
             return ranked[: int(math.floor(budget * len(ranked) + 0.5))]
+        if quantile is None and trusted_scores:
+            quantile = 1.0
         if quantile is not None:
             if not trusted_scores:
                 raise ConfigError(f"defense {self.name}: the 'quantile' rule needs a trusted set (split.trusted > 0).")
             threshold = float(np.quantile(np.fromiter(trusted_scores.values(), float), quantile))
-            return [case for case in ranked if scores[case] > threshold]
-        return []
+        else:
+            threshold = outlier_threshold(scores.values(), getattr(self.params, "mad_k", DEFAULT_MAD_K))
+        return [case for case in ranked if scores[case] > threshold]
 
 
 class Segmenter(Plugin):

@@ -134,6 +134,8 @@ def run_sweep(
                         failed.append(record.key)
                         last_line = (record.error or "").strip().splitlines()[-1:] or ["unknown error"]
                         console.print(f"[red]cell {record.key[:10]} failed:[/] {last_line[0]}")
+                    elif (record.defense_report or {}).get("warning"):
+                        console.print(f"[yellow]warning:[/] cell {record.key[:10]}: {record.defense_report['warning']}")
                 lost = list(executor.lost)
                 if lost:
                     console.print(f"[red]{len(lost)} cell(s) lost their worker and did not finish; run again to resume them.[/]")

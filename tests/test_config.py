@@ -48,6 +48,13 @@ def test_validate_names_the_key_and_exits_2(path, value, expected, tiny_config, 
     assert "Traceback" not in err
 
 
+def test_a_defense_with_both_budget_and_quantile_is_refused(tiny_config, write_config, capsys):
+    tiny_config["split"]["trusted"] = 1
+    tiny_config["defenses"] = [{"name": "none"}, {"name": "mriqc", "budget": 0.2, "quantile": 0.9}]
+    assert main(["validate", str(write_config(tiny_config))]) == 2
+    assert "defenses[1]: set either budget or quantile, not both" in capsys.readouterr().err
+
+
 def test_valid_config_exits_0_and_counts_cells(tiny_config, write_config, capsys):
     tiny_config["attacks"] = [{"name": "none", "rates": [0, 0.5]}]
     tiny_config["seeds"] = [0, 1, 2]

@@ -104,19 +104,52 @@ SCORES = {"a": 5.0, "b": 4.0, "c": 3.0, "d": 2.0, "e": 1.0}
 @pytest.mark.parametrize(
     "rule, trusted_scores, expected",
     [
-        ({}, None, []),  # no rule: nothing removed
+        ({}, {"t1": 1.0, "t2": 3.5}, ["a", "b"]),  # no rule, trusted cases: above every trusted score
+        ({}, None, []),  # no rule, no trusted cases: none above median 3 + 3 x 1.4826 x MAD 1
         ({"budget": 0.0}, None, []),
         ({"budget": 0.4}, None, ["a", "b"]),
         ({"budget": 0.5}, None, ["a", "b", "c"]),  # 2.5 cases rounds half up
         ({"budget": 1.0}, None, ["a", "b", "c", "d", "e"]),
         ({"quantile": 0.5}, {"t1": 1.0, "t2": 2.0, "t3": 3.0}, ["a", "b", "c"]),  # threshold 2, strictly above
         ({"quantile": 1.0}, {"t1": 1.0, "t2": 4.0}, ["a"]),  # threshold 4
-        ({"budget": 0.2, "quantile": 0.5}, {"t1": 0.0}, ["a"]),  # budget wins
     ],
 )
 def test_decision_rules_remove_the_right_cases(name, rule, trusted_scores, expected):
     defense = _defense(name, **rule)
     assert defense.decide(dict(SCORES), trusted_scores) == expected
+
+
+#: ten clean-looking scores and two outliers: median 5.5, MAD 3 -> threshold 5.5 + k x 1.4826 x 3
+OUTLYING = {**{f"c{i}": float(i) for i in range(10)}, "p1": 20.0, "p2": 40.0}
+
+
+@pytest.mark.parametrize("name", QC_DEFENSES)
+@pytest.mark.parametrize("mad_k, expected", [(None, ["p2", "p1"]), (3.5, ["p2"]), (0.5, ["p2", "p1", "c9", "c8"])])
+def test_without_rule_or_trusted_cases_robust_outliers_are_removed(name, mad_k, expected):
+    """Default k = 3: threshold 5.5 + 3 x 4.4478 = 18.84; k = 3.5: 21.07; k = 0.5: 7.72."""
+    defense = _defense(name, **({} if mad_k is None else {"mad_k": mad_k}))
+    assert defense.decide(dict(OUTLYING), None) == expected
+
+
+def test_outlier_threshold_survives_a_majority_of_equal_scores():
+    from benchmark.plugins import outlier_threshold
+
+    # MAD is 0: the scale falls back to 1.2533 x mean absolute deviation (here 2.0 / 5), not 0
+    assert outlier_threshold([1.0, 1.0, 1.0, 1.0, 3.0], 3.0) == pytest.approx(1.0 + 3.0 * 1.2533 * 0.4)
+    assert outlier_threshold([2.0, 2.0, 2.0], 3.0) == 2.0  # all equal: nothing lies above
+    assert outlier_threshold([], 3.0) == math.inf
+
+
+@pytest.mark.parametrize("name", QC_DEFENSES)
+def test_budget_and_quantile_together_are_refused(name):
+    with pytest.raises(ConfigError, match="set either budget or quantile, not both"):
+        create_defense(name, budget=0.2, quantile=0.5)
+
+
+def test_the_identity_defense_stays_a_no_op():
+    defense = create_defense("none")
+    assert defense.decide(dict(OUTLYING), None) == []
+    assert defense.decide(dict(SCORES), {"t": -1.0}) == []
 
 
 @pytest.mark.parametrize("name", QC_DEFENSES)

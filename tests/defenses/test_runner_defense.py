@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -151,6 +152,39 @@ def test_every_defense_detects_through_the_runner_under_opaque_ids(name, tmp_pat
     assert record.status == "finished", record.error
     assert record.defense_report["auroc"] >= 0.8, record.defense_report
     assert not set(record.defense_report["removed_cases"]) & set(_trusted_cases(data))
+
+
+def test_a_defense_without_a_rule_removes_what_scores_above_every_trusted_case(tmp_path):
+    """No budget, no quantile: the default rule acts (here on visibly corrupted cases) and nothing is flagged."""
+    data = make_set(14, [], seed=3)
+    record = run_cell(_cell({"name": "mriqc"}, 0.5), data, cache_dir=tmp_path)
+    assert record.status == "finished", record.error
+    report = record.defense_report
+    assert report["removed"] > 0 and report["recall"] > 0
+    assert "warning" not in report
+
+
+def test_a_defense_that_removes_nothing_under_attack_is_flagged(tmp_path):
+    data = make_set(14, [], seed=3)
+    attacked = run_cell(_cell({"name": "mriqc", "budget": 0.0}, 0.5), data, cache_dir=tmp_path)
+    assert attacked.status == "finished", attacked.error
+    assert "removed nothing although 4 of its 8 removable training cases were poisoned" in attacked.defense_report["warning"]
+    clean = run_cell(_cell({"name": "mriqc", "budget": 0.0}, 0.0), data, cache_dir=tmp_path)
+    assert "warning" not in clean.defense_report
+
+
+@pytest.mark.slow  # a whole `bench run` of two cells
+def test_bench_run_warns_when_a_defense_removed_nothing_under_attack(tiny_config, write_config, tmp_path, capsys):
+    register_segmenter("recorder")(_Recorder)
+    tiny_config["dataset"]["cases"] = 8
+    tiny_config["split"]["trusted"] = 2
+    tiny_config["segmenters"] = [{"name": "recorder"}]
+    tiny_config["attacks"] = [{"name": "noise", "rates": [0, 0.5]}]
+    tiny_config["defenses"] = [{"name": "mriqc", "budget": 0.0}]
+    assert main(["run", str(write_config(tiny_config)), "--out", str(tmp_path / "out")]) == 0
+    err = " ".join(capsys.readouterr().err.split())  # undo the console's line wrapping
+    assert err.count("warning:") == 1  # the rate-0 cell had nothing to remove
+    assert re.search(r"defense 'mriqc' removed nothing although [1-9]\d* of its \d+ removable training cases were poisoned", err)
 
 
 def _trusted_cases(data) -> list[str]:
