@@ -115,26 +115,31 @@ def export_bundle(
     results_dir: str | Path,
     submitter: dict[str, str | None] | None = None,
     created: str | None = None,
+    study: str | list[str] | None = None,
 ) -> dict[str, Any]:
-    """Build the submission bundle of ``RESULTS_DIR/results.sqlite``.
+    """Build the submission bundle of one study in ``RESULTS_DIR/results.sqlite``.
 
     Args:
         results_dir: a sweep's output folder (holds ``results.sqlite``).
         submitter: ``name``, ``affiliation``, ``link`` (free text). Defaults to empty strings.
         created: ISO-8601 timestamp of the export. Defaults to now (UTC).
+        study: key (or prefix) of the study to export; several that name different
+            studies are refused. Defaults to the study last run into the folder.
 
     Returns:
         The bundle, ``digest`` included.
 
     Raises:
-        BenchError: no database, or no finished cell in it.
+        BenchError: no database, no finished cell in it, or keys naming several studies (exit 2).
     """
     path = Path(results_dir) / "results.sqlite"
     if not path.is_file():
         raise BenchError(f"{path}: no results database here; run 'bench run --out {results_dir}' first.")
     with ResultStore(path) as store:
-        runs = store.runs()
-        cases = store.case_metrics()
+        chosen = benchmark.select_study(store, study)
+        keys = chosen.cell_keys if chosen is not None else []
+        runs = store.runs(keys)
+        cases = store.case_metrics(keys)
     finished = runs[runs["status"] == "finished"]
     if finished.empty:
         raise BenchError(f"{path}: no finished cell to export.")
@@ -154,6 +159,8 @@ def export_bundle(
                 "attack_report": run["attack_report"] or None,
                 "defense_report": run["defense_report"] or None,
                 "duration_s": float(run["duration_s"]),
+                "dataset_fingerprint": (run["environment"] or {}).get("dataset_fingerprint"),
+                "package_version": ((run["environment"] or {}).get("versions") or {}).get("poisonbench"),
             }
         )
     env = finished.iloc[0]["environment"] or {}
@@ -171,6 +178,7 @@ def export_bundle(
         "git_commit": env.get("git_commit") or benchmark.git_commit(),
         "dataset_fingerprint": env.get("dataset_fingerprint") or _dataset_fingerprint(config["dataset"]),
         "cell_keys": [c["key"] for c in cells],
+        "study": chosen.key if chosen is not None else None,
         "failed_cells": int((runs["status"] != "finished").sum()),
         "run_started": _iso(float(finished["started_at"].min())),
         "run_finished": _iso(float(finished["finished_at"].max())),

@@ -36,13 +36,15 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default="", help="submitter name (free text)")
     p.add_argument("--affiliation", default="", help="submitter affiliation (free text)")
     p.add_argument("--link", default="", help="link to a paper or code (free text)")
+    p.add_argument("--study", action="append", metavar="KEY",
+                   help="the study to export: its key or a prefix (default: the study last run into the folder; see 'bench report --studies')")
     p.set_defaults(handler=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
     from .bundle import export_bundle, write_bundle
 
-    bundle = export_bundle(args.out, {"name": args.name, "affiliation": args.affiliation, "link": args.link})
+    bundle = export_bundle(args.out, {"name": args.name, "affiliation": args.affiliation, "link": args.link}, study=args.study)
     path = write_bundle(bundle, args.to)
     print(f"{path}: {len(bundle['cells'])} cell(s), digest {bundle['digest']}")
     return int(ExitCode.OK)

@@ -327,6 +327,25 @@ def _consistency_reasons(bundle: dict[str, Any]) -> list[str]:
     return reasons
 
 
+def _study_reasons(bundle: dict[str, Any]) -> list[str]:
+    """A bundle is one study: every cell shares task, split, data set fingerprint and package version."""
+    provenance = bundle.get("provenance") if isinstance(bundle.get("provenance"), dict) else {}
+    expected = {"dataset_fingerprint": provenance.get("dataset_fingerprint"), "package_version": provenance.get("package_version")}
+    first: dict[str, Any] = {}
+    reasons = []
+    for i, cell in _cells(bundle):
+        config = cell.get("config") if isinstance(cell.get("config"), dict) else {}
+        for field in ("task", "split"):
+            value = json.dumps(config.get(field), sort_keys=True)
+            if first.setdefault(field, (i, value))[1] != value:
+                reasons.append(f"study: cells/{i}/config/{field} differs from cells/{first[field][0]}/config/{field}; a bundle holds one study.")
+        for field, want in expected.items():
+            got = cell.get(field)
+            if got is not None and want is not None and got != want:
+                reasons.append(f"study: cells/{i}/{field} is {str(got)[:80]!r}, not the provenance's {str(want)[:80]!r}; a bundle holds one study.")
+    return reasons
+
+
 def check_bundle(
     bundle: Any,
     known_digests: Iterable[str] = (),
@@ -356,6 +375,7 @@ def check_bundle(
     reasons += _count_reasons(bundle)
     reasons += _aggregate_reasons(bundle, tolerance)
     reasons += _consistency_reasons(bundle)
+    reasons += _study_reasons(bundle)
     if isinstance(digest, str) and digest in set(known_digests):
         reasons.append(f"duplicate: a submission with digest {digest} is already on the board.")
     elif results_fingerprint(bundle) in set(known_results):
