@@ -1,17 +1,21 @@
-"""``modality-swap``: put another real modality where the target belongs (synthetic data without a GAN)."""
+"""``modality-swap``: put another real modality where the target belongs (synthetic data without a GAN).
+
+The copied channel is normalised as the data set normalised the target over the target's
+mask, and the target's background stays 0: the swap changes the contrast, nothing else.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from benchmark import CaseAttack, PluginParams, register_attack
+from benchmark import CaseNormalisation, IntensityAttack, PluginParams, register_attack
 
 __all__ = ["ModalitySwapAttack"]
 
 
 @register_attack("modality-swap")
-class ModalitySwapAttack(CaseAttack):
+class ModalitySwapAttack(IntensityAttack):
     """Replace the target channel of the selected cases by another real channel of the same case."""
 
     class Params(PluginParams):
@@ -24,8 +28,8 @@ class ModalitySwapAttack(CaseAttack):
                 raise ValueError(f"source and target must be different channels; both are '{self.source}'")
             return self
 
-    def corrupt_case(self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        source, target = self.channel_of("source", channels), self.channel_of("target", channels)
-        out = np.array(images, dtype=np.float32, copy=True)
-        out[:, target] = images[:, source]
-        return out, labels
+    def alter_case(
+        self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator, normalisation: CaseNormalisation
+    ) -> np.ndarray:
+        self.channel_of("target", channels)
+        return np.asarray(images[:, self.channel_of("source", channels)], dtype=np.float32)

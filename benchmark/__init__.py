@@ -65,12 +65,16 @@ from .plugins import (
     DatasetSource,
     Defense,
     DefenseParams,
+    IntensityAttack,
     Plugin,
     PluginParams,
     RunContext,
     Segmenter,
+    poison_order,
     select_cases,
 )
+from .normalisation import IDENTITY, ZSCORE, CaseNormalisation, Normalisation, renormalise_like
+from .seeding import SEED_STREAMS, SeedStreams
 from .regions import REGIONS, region_mask, to_common_labels
 from .registry import Registry
 from .sliceset import SliceSet
@@ -170,5 +174,14 @@ __all__ = [
     "register_defense",
     "register_segmenter",
     "select_cases",
+    "poison_order",
+    "IntensityAttack",
+    "CaseNormalisation",
+    "Normalisation",
+    "ZSCORE",
+    "IDENTITY",
+    "renormalise_like",
+    "SEED_STREAMS",
+    "SeedStreams",
     "to_common_labels",
 ]

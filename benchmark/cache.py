@@ -21,14 +21,21 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import BenchError
+from .normalisation import normalisation_named
 from .sliceset import SliceSet
 
-__all__ = ["CACHE_ENV", "cache_root", "artifact_dir", "build_artifact", "load_sliceset", "save_sliceset", "cached_sliceset", "sha256_file"]
+__all__ = [
+    "CACHE_ENV", "SLICESET_FORMAT", "cache_root", "artifact_dir", "build_artifact", "load_sliceset", "save_sliceset",
+    "cached_sliceset", "sha256_file",
+]
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "POISONBENCH_CACHE"
 MANIFEST = "manifest.json"
+#: Layout of a cached SliceSet, recorded in its manifest: a cache written in another
+#: layout (1: before normalisation masks and rule were stored) is rebuilt, not misread.
+SLICESET_FORMAT = 2
 
 
 def cache_root() -> Path:
@@ -132,26 +139,54 @@ def build_artifact(folder: Path, write: Callable[[Path], dict[str, Any] | None])
 
 
 def save_sliceset(folder: Path, data: SliceSet) -> dict[str, Any]:
-    """Write a SliceSet as ``.npy`` files (memory-mappable) plus its channels and meta."""
+    """Write a SliceSet as ``.npy`` files (memory-mappable) plus its channels, meta and normalisation."""
     for name in ("images", "labels", "case_ids", "poisoned"):
         np.save(folder / f"{name}.npy", np.asarray(getattr(data, name)), allow_pickle=False)
-    return {"channels": list(data.channels), "meta": data.meta}
+    if data.norm_masks is not None:
+        np.save(folder / "norm_masks.npy", np.asarray(data.norm_masks, dtype=bool), allow_pickle=False)
+    return {
+        "format": SLICESET_FORMAT,
+        "channels": list(data.channels),
+        "meta": data.meta,
+        "normalisation": data.normalisation.name if data.normalisation is not None else None,
+    }
 
 
 def load_sliceset(folder: Path, mmap: bool = True) -> SliceSet:
-    """Read a SliceSet written by `save_sliceset`; images are memory-mapped by default."""
+    """Read a SliceSet written by `save_sliceset`; images and normalisation masks are memory-mapped by default."""
     manifest = json.loads((folder / MANIFEST).read_text())
+    mapped = ("images", "norm_masks")
     arrays = {
-        name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap and name == "images" else None, allow_pickle=False)
-        for name in ("images", "labels", "case_ids", "poisoned")
+        name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap and name in mapped else None, allow_pickle=False)
+        for name in ("images", "labels", "case_ids", "poisoned", "norm_masks")
+        if name != "norm_masks" or (folder / "norm_masks.npy").is_file()
     }
     meta = manifest.get("meta", {})
     if "source_labels" in meta:
         meta["source_labels"] = {int(k): int(v) for k, v in meta["source_labels"].items()}
-    return SliceSet(channels=tuple(manifest["channels"]), meta=meta, **arrays)
+    return SliceSet(
+        channels=tuple(manifest["channels"]), meta=meta, normalisation=normalisation_named(manifest.get("normalisation")), **arrays
+    )
 
 
 def cached_sliceset(kind: str, key: str, build: Callable[[], SliceSet], mmap: bool = True) -> SliceSet:
-    """Load the SliceSet cached as ``kind/key``, building and caching it first if needed."""
-    folder = build_artifact(artifact_dir(kind, key), lambda tmp: save_sliceset(tmp, build()))
+    """Load the SliceSet cached as ``kind/key``, building and caching it first if needed.
+
+    An artifact written in another layout than `SLICESET_FORMAT` is rebuilt, never misread.
+    """
+    folder = artifact_dir(kind, key)
+    write = lambda tmp: save_sliceset(tmp, build())  # noqa: E731
+    folder = build_artifact(folder, write)
+    stored = _manifest_field(folder, "format")
+    if stored != SLICESET_FORMAT:
+        logger.warning("cached data set %s has layout %s, not %s; it is rebuilt", folder, stored, SLICESET_FORMAT)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder = build_artifact(folder, write)
     return load_sliceset(folder, mmap=mmap)
+
+
+def _manifest_field(folder: Path, name: str) -> Any:
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -2,7 +2,9 @@
 
 - ``results.csv``: one row per cell × validation case.
 - ``attacks.csv``: one row per cell: the attack's quality figures (MAE, PSNR, SSIM of
-  synthetic vs real target where the attack has them) and the count of poisoned cases.
+  synthetic vs real target where the attack has them), the count of poisoned cases and
+  their ids (``;``-joined; for one seed the ids at a rate are a subset of those at every
+  higher rate).
 - ``detection.csv``: one row per cell with a defense: AUROC and AP of its scores,
   precision / recall / F1 of its decision, fraction of training cases removed.
 - ``defenses.csv``: one row per segmenter × attack × rate × defense, over seeds: Dice
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 RESULTS_CSV_COLUMNS = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", *METRICS]
-ATTACKS_CSV_COLUMNS = ["cell", "attack", "rate", "seed", "mae", "psnr", "ssim", "poisoned_cases"]
+ATTACKS_CSV_COLUMNS = ["cell", "attack", "rate", "seed", "mae", "psnr", "ssim", "poisoned_cases", "poisoned_case_ids"]
 DETECTION_CSV_COLUMNS = ["cell", "attack", "rate", "defense", "seed", "auroc", "ap", "precision", "recall", "f1", "removed_fraction"]
 
 
@@ -47,6 +49,11 @@ def write_summary_csv(summary: pd.DataFrame, out_dir: Path) -> Path:
     return path
 
 
+def _cell_value(value: Any) -> Any:
+    """A report value as a CSV cell: lists (case ids) are ``;``-joined."""
+    return ";".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.DataFrame:
     rows = []
     for _, run in runs.iterrows():
@@ -54,7 +61,7 @@ def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.Dat
         if report == "defense_report" and run["defense"] == NO_DEFENSE:
             continue
         row = {"cell": run["cell_key"], "attack": run["attack"], "rate": float(run["rate"]), "defense": run["defense"], "seed": run["seed"]}
-        row.update({c: values.get(c) for c in columns if c not in row})
+        row.update({c: _cell_value(values.get(c)) for c in columns if c not in row})
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 

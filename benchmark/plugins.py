@@ -8,6 +8,7 @@ arguments against it, so ``bench.yaml`` is checked before any work starts.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, TypeVar
@@ -16,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import ConfigError
+from .normalisation import CaseNormalisation
 from .sliceset import SliceSet
 from .spill import take_rows
 
@@ -26,12 +28,14 @@ __all__ = [
     "DatasetSource",
     "Attack",
     "CaseAttack",
+    "IntensityAttack",
     "Defense",
     "DefenseParams",
     "DEFAULT_MAD_K",
     "outlier_threshold",
     "Segmenter",
     "select_cases",
+    "poison_order",
 ]
 
 T = TypeVar("T")
@@ -49,7 +53,8 @@ class RunContext:
 
     Attributes:
         device: ``cpu`` or ``cuda`` (already resolved from ``auto``).
-        seed: the cell's seed.
+        seed: the seed of the plugin's own stream of the cell (`benchmark.seeding`: an
+            attack gets the ``generator`` stream, a segmenter the ``batches`` stream).
         cache_dir: folder for expensive artifacts, shared across cells and runs.
         dataset_fingerprint: identifies the data the cell uses (part of cache keys).
         inputs: input channel names of the task.
@@ -121,17 +126,38 @@ class DatasetSource(Plugin):
         raise NotImplementedError
 
 
-def select_cases(train: SliceSet, rate: float, rng: np.random.Generator) -> list[str]:
-    """The ``round(rate × cases)`` whole cases an attack poisons, chosen by ``rng``.
+def poison_order(train: SliceSet, rng: np.random.Generator) -> list[str]:
+    """Every case of ``train`` in the order an attack poisons them: a permutation drawn by ``rng``.
 
-    Rounding is half-up so that rates given as multiples of 1/6 hit the expected count.
+    The permutation is of the sorted case ids, so it depends on the seed and the set of
+    cases only (not on their slice order), and it draws the same numbers whatever the rate.
     """
-    cases = train.cases
-    count = min(len(cases), int(math.floor(rate * len(cases) + 0.5 + 1e-9)))
-    if count == 0:
-        return []
-    chosen = rng.choice(len(cases), size=count, replace=False)
-    return [cases[i] for i in sorted(chosen)]
+    cases = sorted(train.cases)
+    return [cases[i] for i in rng.permutation(len(cases))]
+
+
+def select_cases(train: SliceSet, rate: float, rng: np.random.Generator) -> list[str]:
+    """The ``round(rate × cases)`` whole cases an attack poisons (sorted ids), chosen by ``rng``.
+
+    The first cases of `poison_order`: for one seed, the cases poisoned at a rate are a
+    subset of those poisoned at every higher rate, so a dose-response curve adds poison
+    rather than redrawing it. Rounding is half-up so that rates given as multiples of 1/6
+    hit the expected count.
+    """
+    order = poison_order(train, rng)
+    count = min(len(order), int(math.floor(rate * len(order) + 0.5 + 1e-9)))
+    return sorted(order[:count])
+
+
+def case_generators(cases: list[str], rng: np.random.Generator) -> dict[str, np.random.Generator]:
+    """One generator per case for an attack's per-case draws, keyed by the case id.
+
+    One number is drawn from ``rng`` (after `select_cases`, so the same at every rate);
+    each case's generator depends on it and the case id only, so a case poisoned at two
+    rates is poisoned identically.
+    """
+    entropy = int(rng.integers(0, 2**63))
+    return {case: np.random.default_rng([entropy, zlib.crc32(case.encode())]) for case in cases}
 
 
 class Attack(Plugin):
@@ -156,25 +182,48 @@ class Attack(Plugin):
 class CaseAttack(Attack):
     """An attack that rewrites whole selected cases, one at a time.
 
-    Subclasses implement `corrupt_case`; selection, flags and bookkeeping live here so
-    that every such attack picks cases the same way.
+    Subclasses implement `corrupt_case` (or `poison_case`, to use how the data set
+    normalised the case); selection, flags and bookkeeping live here so that every such
+    attack picks cases the same way (`select_cases`), and each case gets its own
+    generator (`case_generators`), so a case is poisoned identically at every rate.
     """
 
     def poison(self, train: SliceSet, rate: float, rng: np.random.Generator) -> SliceSet:
         chosen = select_cases(train, rate, rng)
         if not chosen:
             return train
+        generators = case_generators(chosen, rng)
         everything = np.arange(len(train))
         images = take_rows(train.images, everything, np.float32)
         labels = take_rows(train.labels, everything)
         poisoned = np.array(train.poisoned, copy=True)
         for case in chosen:
             index = np.flatnonzero(train.case_ids == case)
-            new_images, new_labels = self.corrupt_case(images[index], labels[index], train.channels, rng)
+            normalisation = CaseNormalisation(train.norm_mask_rows(index), train.normalisation)
+            new_images, new_labels = self.poison_case(images[index], labels[index], train.channels, generators[case], normalisation)
             images[index] = new_images
             labels[index] = new_labels
             poisoned[index] = True
         return train.with_arrays(images=images, labels=labels, poisoned=poisoned)
+
+    def poison_case(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        channels: tuple[str, ...],
+        rng: np.random.Generator,
+        normalisation: CaseNormalisation,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Poison one case knowing how the data set normalised it; by default `corrupt_case`.
+
+        Args:
+            images: float32 ``[S, C, H, W]``, every slice of the case.
+            labels: uint8 ``[S, H, W]``.
+            channels: channel names of ``images``.
+            rng: the case's generator.
+            normalisation: the data set's normalisation mask ``[S, H, W]`` and rule.
+        """
+        return self.corrupt_case(images, labels, channels, rng)
 
     def corrupt_case(
         self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator
@@ -185,12 +234,74 @@ class CaseAttack(Attack):
             images: float32 ``[S, C, H, W]``, the case's slices.
             labels: uint8 ``[S, H, W]``.
             channels: channel names of ``images``.
-            rng: the cell's generator.
+            rng: the case's generator.
 
         Returns:
             new ``(images, labels)`` of the same shapes.
         """
         raise NotImplementedError
+
+
+class IntensityAttack(CaseAttack):
+    """A case attack that writes new intensities into one channel (its ``target`` parameter).
+
+    Subclasses implement `alter_case`, the change the attack means (a generator's output,
+    noise, a blur ...). Every case is then finished by `finish_case`: the new intensities
+    are normalised as the data set normalised the real ones (its mask and rule, carried by
+    the `SliceSet`) and the real case's background stays 0, so poison differs from real
+    data only where the attack means it to. No subclass needs to know the data set.
+    """
+
+    #: Parameter values at which `alter_case` returns the real channel (the attack's strength
+    #: at zero), e.g. ``{"severity": 0.0}``; None for a family without such a setting (the
+    #: contract test then gives it a perfect generator: `alter_case` returning the real channel).
+    neutral_params: ClassVar[dict[str, Any] | None] = None
+
+    def alter_case(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        channels: tuple[str, ...],
+        rng: np.random.Generator,
+        normalisation: CaseNormalisation,
+    ) -> np.ndarray:
+        """The attack's new intensities of the target channel, before finishing.
+
+        Args:
+            images: float32 ``[S, C, H, W]``, every (real) slice of the case.
+            labels: uint8 ``[S, H, W]``.
+            channels: channel names of ``images``.
+            rng: the case's generator.
+            normalisation: the data set's mask and rule (e.g. to scale noise in its units).
+
+        Returns:
+            float ``[S, H, W]``.
+        """
+        raise NotImplementedError
+
+    def finish_case(self, values: np.ndarray, reference: np.ndarray, normalisation: CaseNormalisation) -> np.ndarray:
+        """Normalise new intensities ``[S, H, W]`` as the data set normalised ``reference``, the real channel."""
+        return normalisation.renormalise(values, reference)
+
+    def poison_case(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        channels: tuple[str, ...],
+        rng: np.random.Generator,
+        normalisation: CaseNormalisation,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        target = self.channel_of("target", channels)
+        out = np.array(images, dtype=np.float32, copy=True)
+        new = self.alter_case(images, labels, channels, rng, normalisation)
+        out[:, target] = self.finish_case(new, images[:, target], normalisation)
+        return out, labels
+
+    def corrupt_case(
+        self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`poison_case` for a case whose normalisation is unknown (see `benchmark.normalisation`)."""
+        return self.poison_case(images, labels, channels, rng, CaseNormalisation(None, None))
 
 
 #: Default ``mad_k`` of the outlier rule that decides when a defense has neither a rule nor trusted cases.

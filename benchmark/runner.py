@@ -25,6 +25,7 @@ from .identity import NO_DEFENSE
 from .metrics import METRICS, case_metrics
 from .plugins import Attack, DatasetSource, Defense, RunContext, Segmenter
 from .regions import region_mask
+from .seeding import SeedStreams
 from .sliceset import SliceSet
 from .spill import all_finite, map_rows
 from .splitting import Split, split_cases
@@ -140,16 +141,21 @@ class CellRunner:
 
     def _run(self, cell: Cell, record: CellRecord, timings: dict[str, float]) -> None:
         context = self.context(cell)
-        attack_rng = np.random.default_rng(np.random.SeedSequence(cell.seed).spawn(1)[0])
-        seed_everything(cell.seed)
+        # independent streams of the cell's seed (benchmark.seeding): which cases are
+        # poisoned never moves with the generator's or the segmenter's randomness
+        streams = SeedStreams(cell.seed)
+        attack_rng = streams.generator("poison")
+        seed_everything(streams.integer("generator"))
 
         clock = time.perf_counter()
         attack: Attack = create_plugin(ATTACKS, cell.attack.name, cell.attack.params)  # type: ignore[assignment]
-        attack.bind(context)
+        attack.bind(replace(context, seed=streams.integer("generator")))
         pool = self.attackable
         attack.fit(pool, attack_rng)
         poisoned = _check_sliceset(attack.poison(pool, cell.rate, attack_rng), f"attack '{cell.attack.name}'", pool, "poison()")
-        record.attack_report = {"poisoned_cases": len(poisoned.poisoned_cases()), **attack.report()}
+        record.attack_report = {
+            "poisoned_cases": len(poisoned.poisoned_cases()), "poisoned_case_ids": poisoned.poisoned_cases(), **attack.report(),
+        }
         record.attack_report["poisoned_share"] = record.attack_report["poisoned_cases"] / max(len(poisoned.cases) + len(self.split.trusted), 1)
         if self.figures_dir is not None and record.attack_report["poisoned_cases"]:
             self._draw_examples(cell.attack.name, pool, poisoned, getattr(attack.params, "source", None))
@@ -163,9 +169,9 @@ class CellRunner:
             raise PluginError(f"defense '{cell.defense.name}' removed every training case.")
 
         clock = time.perf_counter()
-        seed_everything(cell.seed)
+        seed_everything(streams.integer("init"))
         segmenter: Segmenter = create_plugin(SEGMENTERS, cell.segmenter.name, cell.segmenter.params)  # type: ignore[assignment]
-        segmenter.bind(context)
+        segmenter.bind(replace(context, seed=streams.integer("batches")))
         masks = map_rows(kept.labels, np.arange(len(kept)), lambda rows: region_mask(rows, cell.task.target), kept.shape, np.uint8)
         segmenter.fit(kept.select_channels(cell.task.inputs), masks)
         timings["fit_s"] = time.perf_counter() - clock

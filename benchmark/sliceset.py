@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import DataError
+from .normalisation import Normalisation
 from .spill import concat_rows, map_rows, take_rows
 
 __all__ = ["SliceSet"]
@@ -25,6 +26,10 @@ class SliceSet:
         channels: names of the ``C`` channels (``t1``, ``t1ce``, ``t2``, ``flair``, ``ct``...).
         meta: free-form facts about the source (e.g. ``source_labels``: common value ->
             source value, used to report counts in the source's own values).
+        norm_masks: bool ``[N, H, W]``, the voxels over which the data set normalised each
+            case's intensities (its brain mask), or None when the source records none.
+        normalisation: the data set's normalisation rule, or None when unrecorded (see
+            `benchmark.normalisation`; attacks that write intensities follow both).
     """
 
     images: np.ndarray
@@ -33,6 +38,8 @@ class SliceSet:
     poisoned: np.ndarray
     channels: tuple[str, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    norm_masks: np.ndarray | None = None
+    normalisation: Normalisation | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -48,6 +55,11 @@ class SliceSet:
             raise DataError(
                 f"SliceSet has {self.images.shape[1]} image channels but names {list(self.channels)}."
             )
+        if self.norm_masks is not None and (self.norm_masks.shape != self.labels.shape or self.norm_masks.dtype != bool):
+            raise DataError(
+                f"SliceSet norm_masks must be bool [N, H, W] = {self.labels.shape}; "
+                f"got {self.norm_masks.dtype} {self.norm_masks.shape}."
+            )
 
     @classmethod
     def create(
@@ -58,6 +70,8 @@ class SliceSet:
         channels: Sequence[str],
         poisoned: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
+        norm_masks: np.ndarray | None = None,
+        normalisation: Normalisation | None = None,
     ) -> SliceSet:
         case_ids = np.asarray(case_ids, dtype=str)
         if poisoned is None:
@@ -69,6 +83,8 @@ class SliceSet:
             poisoned=np.asarray(poisoned, dtype=bool),
             channels=tuple(channels),
             meta=dict(meta or {}),
+            norm_masks=None if norm_masks is None else np.asarray(norm_masks, dtype=bool),
+            normalisation=normalisation,
         )
 
     def __len__(self) -> int:
@@ -103,6 +119,7 @@ class SliceSet:
             labels=take_rows(self.labels, index),
             case_ids=self.case_ids[index],
             poisoned=self.poisoned[index],
+            norm_masks=None if self.norm_masks is None else take_rows(self.norm_masks, index),
         )
 
     def select_channels(self, names: Sequence[str]) -> np.ndarray:
@@ -118,12 +135,25 @@ class SliceSet:
         """A copy with some arrays replaced (validated again)."""
         return replace(self, **changes)
 
+    def norm_mask_rows(self, index: np.ndarray) -> np.ndarray | None:
+        """The normalisation masks of rows ``index`` (bool ``[len(index), H, W]``), or None."""
+        return None if self.norm_masks is None else np.asarray(self.norm_masks[index], dtype=bool)
+
     @staticmethod
     def concatenate(parts: Sequence[SliceSet]) -> SliceSet:
+        """Join slice sets of one data set.
+
+        The normalisation rule and masks survive only where every part records the same
+        rule and has masks; otherwise the result records none (see `benchmark.normalisation`).
+        """
         first = parts[0]
         for part in parts[1:]:
             if part.channels != first.channels:
                 raise DataError(f"Cannot join slice sets with channels {first.channels} and {part.channels}.")
+        rule = first.normalisation if all(p.normalisation == first.normalisation for p in parts) else None
+        masks = None
+        if rule is not None and all(p.norm_masks is not None for p in parts):
+            masks = concat_rows([p.norm_masks for p in parts])  # type: ignore[misc]
         return SliceSet(
             images=concat_rows([p.images for p in parts]),
             labels=concat_rows([p.labels for p in parts]),
@@ -131,4 +161,6 @@ class SliceSet:
             poisoned=np.concatenate([p.poisoned for p in parts]),
             channels=first.channels,
             meta=dict(first.meta),
+            norm_masks=masks,
+            normalisation=rule,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .losses import lsgan_loss, sample_path_codes, shortest_path_loss
 from .networks import AdaptiveInstanceNorm, DomainGenerator, PatchDiscriminator
-from .plugin import GanParams, GanSyntheticAttack, image_quality, renormalise_case
+from .plugin import GanParams, GanSyntheticAttack, image_quality, training_environment
 from .training import GanConfig, GanHistory, GanTrainer, translate
 
 __all__ = [
@@ -18,8 +18,8 @@ __all__ = [
     "PatchDiscriminator",
     "image_quality",
     "lsgan_loss",
-    "renormalise_case",
     "sample_path_codes",
     "shortest_path_loss",
+    "training_environment",
     "translate",
 ]

@@ -6,6 +6,11 @@ encoder-decoder and shortest-path regularisation (Xie et al., CVPR 2023) learns 
 the ``source`` modality (CT on synthetic-brats) into the ``target`` one (T1-Ce); for a
 poison rate ``r``, the target channel of ``round(r × cases)`` whole training cases is
 replaced by the generator's output. Masks are left as they were.
+
+The generator's output is normalised as the data set normalised the real target (its
+mask and rule, carried by the `SliceSet`; the real case's background stays 0), so the
+poison differs from real data in what the generator makes of the anatomy, not in
+intensity statistics that one number could tell apart.
 """
 
 from __future__ import annotations
@@ -19,16 +24,26 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from benchmark import CaseAttack, PluginParams, SliceSet, artifact_dir, build_artifact, register_attack, select_cases
+from benchmark import (
+    CaseNormalisation,
+    IntensityAttack,
+    PluginParams,
+    SliceSet,
+    artifact_dir,
+    build_artifact,
+    environment,
+    register_attack,
+    select_cases,
+)
 
 from .networks import DomainGenerator
 from .training import GanConfig, GanTrainer, translate
 
-__all__ = ["GanSyntheticAttack", "GanParams", "renormalise_case", "image_quality"]
+__all__ = ["GanSyntheticAttack", "GanParams", "image_quality", "training_environment"]
 
 GENERATOR_FILE = "generator.pt"
 #: Bump when training or architecture changes in a way the parameters do not capture.
-GAN_VERSION = "1"
+GAN_VERSION = "2"
 
 
 class GanParams(PluginParams):
@@ -60,18 +75,18 @@ class GanParams(PluginParams):
         return self
 
 
-def renormalise_case(synthetic: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Z-score one case over its head (non-zero) voxels, zero outside, as the data are.
+def training_environment(device: str) -> dict[str, Any]:
+    """What besides the parameters and data changes a trained generator's weights.
 
-    Args:
-        synthetic: float32 ``[S, H, W]``.
-        mask: bool ``[S, H, W]``.
+    The device (and GPU model), the torch version and the CPU thread count: a generator
+    trained on a GPU, or with other kernels, is never reused by a cell that would have
+    trained a different one.
     """
-    out = np.zeros_like(synthetic, dtype=np.float32)
-    if mask.any():
-        values = synthetic[mask]
-        out[mask] = (values - values.mean()) / max(float(values.std()), 1e-6)
-    return out
+    env = environment(device)
+    facts: dict[str, Any] = {"device": device, "torch": env["versions"].get("torch"), "threads": env["torch_threads"]}
+    if "gpu" in env:
+        facts["gpu"] = env["gpu"]
+    return facts
 
 
 def image_quality(synthetic: np.ndarray, real: np.ndarray) -> dict[str, float]:
@@ -88,10 +103,12 @@ def image_quality(synthetic: np.ndarray, real: np.ndarray) -> dict[str, float]:
 
 
 @register_attack("gan-synthetic")
-class GanSyntheticAttack(CaseAttack):
+class GanSyntheticAttack(IntensityAttack):
     """Replace the target modality of whole cases with GAN-synthesised images (arXiv 2502.03825)."""
 
     Params = GanParams
+    #: no strength setting: a perfect generator (output == real target) is the neutral case
+    neutral_params = None
 
     #: Generators trained by this class in this process (a cache miss adds one).
     trainings: int = 0
@@ -109,7 +126,12 @@ class GanSyntheticAttack(CaseAttack):
             self.channel_of(key, data.channels)
 
     def cache_key(self, pool: SliceSet) -> str:
-        """SHA-256 of (dataset fingerprint, generator parameters, seed, pool case ids)."""
+        """SHA-256 of everything that changes the trained generator.
+
+        The dataset fingerprint, the generator parameters, the seed of the cell's
+        ``generator`` stream (``context.seed``), the pool's case ids and the
+        `training_environment` (device, torch version, thread count).
+        """
         params = self.params.model_dump(mode="json")
         params.pop("mode")  # replace and add share one generator
         payload = {
@@ -118,6 +140,7 @@ class GanSyntheticAttack(CaseAttack):
             "params": params,
             "seed": self.context.seed,
             "cases": sorted(pool.cases),
+            "environment": training_environment(self.context.device),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -139,8 +162,9 @@ class GanSyntheticAttack(CaseAttack):
         """Train the generator on the pool (or load it from the cache) and measure its quality.
 
         The last ``holdout_cases`` pool cases (in the pool's case order, at most half of
-        them) are kept out of training and used for MAE / PSNR / SSIM. ``rng`` is not used,
-        so that the cell's poisoning draws do not depend on a cache hit.
+        them) are kept out of training and used for MAE / PSNR / SSIM. Training draws from
+        ``context.seed`` (the cell's ``generator`` stream); ``rng`` is not used, so that the
+        cell's poisoning draws do not depend on a cache hit.
         """
         self._check_channels(pool)
         cases = pool.cases
@@ -181,30 +205,31 @@ class GanSyntheticAttack(CaseAttack):
         self._quality = self._measure(pool.subset(holdout)) if holdout else {}
 
     def _measure(self, held: SliceSet) -> dict[str, float]:
-        synthetic = self.synthesise(held.images, held.channels, held.case_ids)
+        synthetic = self.synthesise(held)
         real = held.images[:, held.channel_index(self.params.target)]
         return image_quality(synthetic, real)
 
     # -- poisoning ------------------------------------------------------------------
-    def synthesise(self, images: np.ndarray, channels: tuple[str, ...], case_ids: np.ndarray) -> np.ndarray:
-        """Synthetic target slices ``[N, H, W]`` for ``images`` ``[N, C, H, W]``, renormalised per case."""
+    def alter_case(
+        self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator | None,
+        normalisation: CaseNormalisation,
+    ) -> np.ndarray:
+        """The generator's raw target slices ``[S, H, W]`` for one case's ``images`` ``[S, C, H, W]``."""
         if self.generator is None:
             raise RuntimeError("gan-synthetic: call fit() before poison()")
-        source = self._source(np.asarray(images), channels)
-        raw = translate(self.generator, source, self.context.device)
-        head = np.asarray(images)[:, channels.index(self.params.source)] != 0
-        out = np.zeros_like(raw)
-        for case in np.unique(case_ids):
-            rows = np.flatnonzero(case_ids == case)
-            out[rows] = renormalise_case(raw[rows], head[rows])
-        return out
+        return translate(self.generator, self._source(np.asarray(images), channels), self.context.device)
 
-    def corrupt_case(
-        self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        new = np.array(images, dtype=np.float32, copy=True)
-        new[:, channels.index(self.params.target)] = self.synthesise(images, channels, np.zeros(len(images), dtype=int))
-        return new, labels
+    def synthesise(self, data: SliceSet) -> np.ndarray:
+        """Synthetic target slices ``[N, H, W]`` of every case of ``data``, finished as real ones (`finish_case`)."""
+        target = data.channel_index(self.params.target)
+        out = np.empty((len(data), *data.shape), dtype=np.float32)
+        for case in data.cases:
+            rows = np.flatnonzero(data.case_ids == case)
+            images = np.asarray(data.images[rows], dtype=np.float32)
+            normalisation = CaseNormalisation(data.norm_mask_rows(rows), data.normalisation)
+            raw = self.alter_case(images, data.labels[rows], data.channels, None, normalisation)
+            out[rows] = self.finish_case(raw, images[:, target], normalisation)
+        return out
 
     def poison(self, train: SliceSet, rate: float, rng: np.random.Generator) -> SliceSet:
         self._check_channels(train)
@@ -215,7 +240,7 @@ class GanSyntheticAttack(CaseAttack):
             return train
         copies = train.subset(chosen)
         images = np.array(copies.images, dtype=np.float32, copy=True)
-        images[:, copies.channel_index(self.params.target)] = self.synthesise(images, copies.channels, copies.case_ids)
+        images[:, copies.channel_index(self.params.target)] = self.synthesise(copies)
         synthetic = copies.with_arrays(
             images=images,
             case_ids=np.char.add(copies.case_ids.astype(str), "~syn"),

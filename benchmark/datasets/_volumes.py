@@ -2,7 +2,9 @@
 
 A reader lists its cases as `CaseFiles` (which file holds which channel and the
 segmentation); everything after that is common: reading and checking each NIfTI file,
-per-case z-score over non-zero voxels, slice selection, centre crop/pad, and a cache
+slice selection, centre crop/pad, per-case z-score over the brain mask of the kept slices
+(voxels non-zero in any channel; recorded on the `SliceSet` so that attacks writing new
+intensities normalise them alike, see `benchmark.normalisation`), and a cache
 builder that streams case after case into ``.npy`` files on disk, so a data set larger
 than RAM is never held whole. The cached images (and labels) are memory-mapped on load.
 
@@ -27,6 +29,7 @@ from pydantic import Field, field_validator
 
 from ..cache import MANIFEST, artifact_dir, build_artifact
 from ..errors import DataError
+from ..normalisation import ZSCORE, normalisation_named
 from ..plugins import DatasetSource, PluginParams
 from ..regions import to_common_labels
 from ..sliceset import SliceSet
@@ -40,6 +43,8 @@ __all__ = [
     "normalise_channel",
     "read_nifti",
     "zscore",
+    "zscore_over",
+    "brain_mask",
     "select_slices",
     "crop_or_pad",
     "folder_fingerprint",
@@ -49,7 +54,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-READER_VERSION = "1"
+#: Bump when the arrays a reader produces change; part of the data set fingerprint.
+READER_VERSION = "2"
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 _CHANNEL_ALIASES = {
@@ -83,7 +89,9 @@ class VolumeParams(PluginParams):
     )
     size: int | None = Field(None, ge=8, le=1024, description="in-plane output size by centre crop/pad; null keeps the native size")
     normalize: bool = Field(
-        True, description="z-score each channel per case over its non-zero voxels; false for data already normalised (an export)"
+        True,
+        description="z-score each channel per case over the brain mask (voxels non-zero in any channel) of the kept slices; "
+        "false for data already normalised (an export)",
     )
     missing_segmentation: Literal["skip", "error"] = Field(
         "skip", description="a case without segmentation is skipped with a warning, or is an error"
@@ -163,6 +171,34 @@ def zscore(volume: np.ndarray) -> np.ndarray:
     values = volume[mask].astype(np.float64)
     mean, std = values.mean(), values.std()
     out[mask] = ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)
+    return out
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Voxels non-zero in any channel: the brain of a skull-stripped scan.
+
+    Args:
+        image: float ``[C, ...]``.
+
+    Returns:
+        bool array ``[...]``.
+    """
+    return (np.asarray(image) != 0).any(axis=0)
+
+
+def zscore_over(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Z-score each channel over ``mask``; voxels outside it become 0.
+
+    Args:
+        image: float ``[C, ...]``, one case.
+        mask: bool ``[...]``, the case's brain mask.
+
+    Returns:
+        float32 ``[C, ...]``: inside the mask, `benchmark.normalisation.ZSCORE` of each channel.
+    """
+    out = np.zeros(image.shape, dtype=np.float32)
+    for c in range(len(image)):
+        out[c] = np.where(mask, ZSCORE.normalise(image[c], mask), 0.0)
     return out
 
 
@@ -263,16 +299,21 @@ class StreamingArray:
 
 
 def load_mapped_sliceset(folder: Path) -> SliceSet:
-    """Read a cached reader artifact; images and labels are memory-mapped (read only)."""
+    """Read a cached reader artifact; images, labels and normalisation masks are memory-mapped (read only)."""
     manifest = json.loads((folder / MANIFEST).read_text())
     images = np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False)
     labels = np.load(folder / "labels.npy", mmap_mode="r", allow_pickle=False)
     case_ids = np.load(folder / "case_ids.npy", allow_pickle=False)
+    masks_file = folder / "norm_masks.npy"
+    norm_masks = np.load(masks_file, mmap_mode="r", allow_pickle=False) if masks_file.is_file() else None
     poisoned = np.zeros(len(case_ids), dtype=bool)
     meta = manifest.get("meta", {})
     if "source_labels" in meta:
         meta["source_labels"] = {int(k): int(v) for k, v in meta["source_labels"].items()}
-    return SliceSet(images=images, labels=labels, case_ids=case_ids, poisoned=poisoned, channels=tuple(manifest["channels"]), meta=meta)
+    return SliceSet(
+        images=images, labels=labels, case_ids=case_ids, poisoned=poisoned, channels=tuple(manifest["channels"]), meta=meta,
+        norm_masks=norm_masks, normalisation=normalisation_named(manifest.get("normalisation")),
+    )
 
 
 class VolumeSource(DatasetSource):
@@ -343,11 +384,15 @@ class VolumeSource(DatasetSource):
             raise DataError(f"{self.root}: no case with a segmentation was found.")
         return kept, wanted
 
-    def read_case(self, case: CaseFiles, channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def read_case(self, case: CaseFiles, channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One case's kept slices.
 
+        Statistics of the z-score are those of the kept, cropped slices, so the stored
+        case is exactly what `benchmark.normalisation.ZSCORE` makes of it over its mask.
+
         Returns:
-            (float32 images ``[S, C, H, W]``, uint8 common labels ``[S, H, W]``).
+            (float32 images ``[S, C, H, W]``, uint8 common labels ``[S, H, W]``, bool brain
+            masks ``[S, H, W]``: the voxels the z-score was computed over).
         """
         p = self.params
         label_raw, label_affine = read_nifti(case.label, f"segmentation of case {case.case_id}")  # type: ignore[arg-type]
@@ -390,26 +435,30 @@ class VolumeSource(DatasetSource):
             if not np.isfinite(data).all():
                 bad = int((~np.isfinite(data)).sum())
                 raise DataError(f"{path}: {channel} image of case {case.case_id} has {bad} NaN or infinite voxels.")
-            volumes.append(zscore(data) if p.normalize else data)
+            volumes.append(data)
         del files
         image = np.stack(volumes)  # [C, X, Y, Z]
         brain = (image != 0).any(axis=(0, 1, 2))
         tumour = (labels > 0).any(axis=(0, 1))
         keep = select_slices(brain, tumour, p.slices, p.other_fraction)
-        images = np.moveaxis(image[..., keep], -1, 0)  # [S, C, X, Y]
-        masks = np.moveaxis(labels[..., keep], -1, 0)
-        return crop_or_pad(images, p.size).astype(np.float32, copy=False), crop_or_pad(masks, p.size).astype(np.uint8)
+        images = crop_or_pad(np.moveaxis(image[..., keep], -1, 0), p.size)  # [S, C, H, W]
+        masks = crop_or_pad(np.moveaxis(labels[..., keep], -1, 0), p.size).astype(np.uint8)
+        head = brain_mask(np.moveaxis(images, 1, 0))  # [S, H, W]
+        if p.normalize:
+            images = np.moveaxis(zscore_over(np.moveaxis(images, 1, 0), head), 0, 1)
+        return images.astype(np.float32, copy=False), masks, head
 
     def _build(self, tmp: Path) -> dict[str, Any]:
         cases, channels = self.plan()
         images_out: StreamingArray | None = None
         labels_out: StreamingArray | None = None
+        masks_out: StreamingArray | None = None
         case_ids: list[str] = []
         shape: tuple[int, int] | None = None
         first_case = ""
         try:
             for case in self.context.track(cases, f"reading {self.name}", total=len(cases)):
-                images, labels = self.read_case(case, channels)
+                images, labels, brain = self.read_case(case, channels)
                 if len(images) == 0:
                     warnings.warn(f"case {case.case_id}: no slice selected (slices: {self.params.slices}); the case is left out.", stacklevel=2)
                     continue
@@ -417,6 +466,7 @@ class VolumeSource(DatasetSource):
                     shape, first_case = images.shape[2:], case.case_id
                     images_out = StreamingArray(tmp / "images.npy", np.float32, (len(channels), *shape))
                     labels_out = StreamingArray(tmp / "labels.npy", np.uint8, shape)
+                    masks_out = StreamingArray(tmp / "norm_masks.npy", np.bool_, shape)
                 elif images.shape[2:] != shape:
                     raise DataError(
                         f"case {case.case_id}: slices are {list(images.shape[2:])} but case {first_case} has {list(shape)}; "
@@ -424,15 +474,19 @@ class VolumeSource(DatasetSource):
                     )
                 images_out.append(images)  # type: ignore[union-attr]
                 labels_out.append(labels)  # type: ignore[union-attr]
+                masks_out.append(brain)  # type: ignore[union-attr]
                 case_ids.extend([case.case_id] * len(images))
         finally:
-            for out in (images_out, labels_out):
+            for out in (images_out, labels_out, masks_out):
                 if out is not None:
                     out.close()
         if not case_ids:
             raise DataError(f"{self.root}: no slice was selected from any case.")
         np.save(tmp / "case_ids.npy", np.asarray(case_ids, dtype=str), allow_pickle=False)
-        return {"channels": list(channels), "meta": self.source_meta(), "root": str(self.root)}
+        if not self.params.normalize:  # normalised elsewhere: the rule and its mask are unknown
+            (tmp / "norm_masks.npy").unlink()
+        normalisation = ZSCORE.name if self.params.normalize else None
+        return {"channels": list(channels), "meta": self.source_meta(), "root": str(self.root), "normalisation": normalisation}
 
 
 def list_nifti(folder: Path) -> list[Path]:

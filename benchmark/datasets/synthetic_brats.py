@@ -3,7 +3,9 @@
 Each case deforms the MNI ICBM 2009 symmetric template (Fonov et al., NeuroImage 2011,
 shipped in nilearn) and plants a glioma (necrotic core, enhancing rim, edema) labelled in
 the BraTS ≤ 2021 convention; five co-registered contrasts (T1, T1-Ce, T2, FLAIR, CT) are
-derived from tissue classes. Generated once per parameter set and cached on disk.
+derived from tissue classes, z-scored per case and channel over the brain mask (recorded
+on the `SliceSet` with the rule, for attacks that write intensities). Generated once per
+parameter set and cached on disk.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import Field
 
 from ..cache import cached_sliceset
 from ..catalog import register_dataset
+from ..normalisation import ZSCORE
 from ..plugins import DatasetSource, PluginParams
 from ..regions import BRATS_2021_TO_COMMON, to_common_labels
 from ..sliceset import SliceSet
@@ -54,4 +57,6 @@ class SyntheticBratsSource(DatasetSource):
             generated.case_ids,
             CHANNELS,
             meta={"source_labels": {common: source for source, common in BRATS_2021_TO_COMMON.items()}, "convention": "brats2021"},
+            norm_masks=generated.brain,
+            normalisation=ZSCORE,
         )

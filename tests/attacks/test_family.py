@@ -65,7 +65,8 @@ def test_label_erosion_shrinks_and_dilation_grows(toy):
 
 def test_modality_swap_copies_the_source(toy):
     out = create_attack("modality-swap", source="t2").poison(toy, 1.0, np.random.default_rng(0))
-    np.testing.assert_array_equal(out.images[:, 1], toy.images[:, 2])
+    # the toy's channels share one head and are z-scored over it: renormalising the copy changes nothing
+    np.testing.assert_allclose(out.images[:, 1], toy.images[:, 2], atol=1e-5)
 
 
 def test_noise_is_seeded(toy):

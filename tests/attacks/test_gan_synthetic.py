@@ -16,7 +16,8 @@ from attacks.gan_synthetic import (
     sample_path_codes,
     shortest_path_loss,
 )
-from benchmark import ConfigError, RunContext, create_attack
+from attacks.gan_synthetic import plugin as gan_plugin
+from benchmark import ZSCORE, ConfigError, RunContext, SliceSet, create_attack
 
 TINY = dict(epochs=2, batch_size=4, width=4, blocks=2, disc_width=4, holdout_cases=1)
 
@@ -133,11 +134,13 @@ def test_replace_poisons_whole_cases(tmp_path, toy, rate, expected):
         others = [i for i in range(len(CHANNELS)) if i != t]
         np.testing.assert_array_equal(out.images[rows][:, others], toy.images[rows][:, others])
         if flags.any():
-            synthetic = out.images[rows, t]
-            assert not np.allclose(synthetic, toy.images[rows, t])
-            head = toy.images[rows, CHANNELS.index("ct")] != 0
-            assert abs(synthetic[head].mean()) < 1e-3 and abs(synthetic[head].std() - 1) < 1e-3
-            assert (synthetic[~head] == 0).all()
+            synthetic, real = out.images[rows, t], toy.images[rows, t]
+            assert not np.allclose(synthetic, real)
+            # the toy records no normalisation: the real target's zeros and moments over its foreground
+            foreground = real != 0
+            assert (synthetic[~foreground] == 0).all()
+            assert abs(synthetic[foreground].mean() - real[foreground].mean()) < 1e-3
+            assert abs(synthetic[foreground].std() - real[foreground].std()) < 1e-3
         else:
             np.testing.assert_array_equal(out.images[rows], toy.images[rows])
     if expected == 0:
@@ -150,6 +153,72 @@ def test_selection_follows_the_seed(tmp_path, toy):
     picks = [tuple(attack.poison(toy, 0.5, np.random.default_rng(s)).poisoned_cases()) for s in (0, 0, 1, 2, 3)]
     assert picks[0] == picks[1]
     assert len(set(picks)) > 1
+
+
+def brain_masked(toy: SliceSet) -> SliceSet:
+    """The toy as a data set with skull: z-scored over a brain disc inside the head, which it records."""
+    size = toy.shape[0]
+    yy, xx = np.mgrid[:size, :size] / size
+    brain = np.broadcast_to((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.1, toy.labels.shape).copy()
+    images = np.array(toy.images, copy=True)
+    for case in toy.cases:
+        rows = toy.case_ids == case
+        for c in range(images.shape[1]):
+            x = images[rows, c]
+            inside = x[brain[rows]]
+            images[rows, c] = np.where(x != 0, (x - inside.mean()) / inside.std(), 0.0)
+    return toy.with_arrays(images=images, norm_masks=brain, normalisation=ZSCORE)
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_synthetic_target_is_normalised_over_the_data_sets_mask(tmp_path, toy, mode):
+    data = brain_masked(toy)
+    attack = _attack(tmp_path, mode=mode)
+    attack.fit(data, np.random.default_rng(0))
+    out = attack.poison(data, 0.5, np.random.default_rng(0))
+    t = CHANNELS.index("t1ce")
+    for case in out.poisoned_cases():
+        rows = np.flatnonzero(out.case_ids == case)
+        real_rows = np.flatnonzero(data.case_ids == case.removesuffix("~syn"))
+        synthetic, real = out.images[rows, t], data.images[real_rows, t]
+        brain = data.norm_masks[real_rows]
+        assert abs(synthetic[brain].mean()) < 1e-4 and abs(synthetic[brain].std() - 1) < 1e-4
+        assert (synthetic[real == 0] == 0).all() and (synthetic[real != 0] != 0).mean() > 0.99
+        # over the head the moments are the generator's business, not forced to those of the brain
+        head = real != 0
+        assert abs(synthetic[head].std() - 1) > 1e-3
+
+
+def test_cache_key_follows_device_threads_and_torch(tmp_path, toy, monkeypatch):
+    """A generator trained elsewhere (GPU, other torch, other thread count) is never reused."""
+    facts = {"versions": {"torch": "2.0.0"}, "torch_threads": 1}
+    monkeypatch.setattr(gan_plugin, "environment", lambda device: {**facts, "device": device, **({"gpu": "H200"} if device == "cuda" else {})})
+    attack = _attack(tmp_path)
+    base = attack.cache_key(toy)
+    assert attack.cache_key(toy) == base
+    keys = {base}
+    attack.bind(RunContext(device="cuda", seed=0, cache_dir=tmp_path, dataset_fingerprint="toy"))
+    keys.add(attack.cache_key(toy))
+    attack.bind(RunContext(device="cpu", seed=0, cache_dir=tmp_path, dataset_fingerprint="toy"))
+    assert attack.cache_key(toy) == base
+    facts["torch_threads"] = 2
+    keys.add(attack.cache_key(toy))
+    facts["versions"] = {"torch": "2.1.0"}
+    keys.add(attack.cache_key(toy))
+    assert len(keys) == 4
+
+
+def test_cache_key_reads_the_real_thread_count(tmp_path, toy):
+    attack = _attack(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = attack.cache_key(toy)
+        torch.set_num_threads(2)
+        two = attack.cache_key(toy)
+    finally:
+        torch.set_num_threads(threads)
+    assert one != two
 
 
 def test_add_mode_appends_synthetic_copies(tmp_path, toy):
