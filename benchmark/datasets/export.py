@@ -144,6 +144,7 @@ def export_poisoned(
     from ..catalog import ATTACKS, DATASETS, create_plugin
     from ..environment import package_version
     from ..plugins import RunContext
+    from ..seeding import SeedStreams
     from ..splitting import split_cases
 
     if fmt not in FORMATS:
@@ -163,9 +164,10 @@ def export_poisoned(
     source.bind(RunContext(quiet=quiet, progress=progress))
     data = source.load()
     split = split_cases(data, config.split.val_fraction, config.split.seed, config.split.trusted)
+    streams = SeedStreams(seed)  # the streams a sweep cell of this seed uses: same poison, same generator
     context = RunContext(
         device="cpu",
-        seed=seed,
+        seed=streams.integer("generator"),
         cache_dir=cache_root(),
         dataset_fingerprint=fingerprint,
         inputs=tuple(config.task.inputs),
@@ -174,7 +176,7 @@ def export_poisoned(
         progress=progress,
     )
     attack.bind(context)
-    attack_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])
+    attack_rng = streams.generator("poison")
     pool = data.subset(split.attackable)
     attack.fit(pool, attack_rng)
     poisoned = attack.poison(pool, rate, attack_rng)

@@ -110,3 +110,19 @@ def test_export_refuses_the_data_folder_and_non_empty_folders(tmp_path, brats_co
     assert "--rate: expected a poison rate in [0, 1]; got 1.5" in capsys.readouterr().err
     assert main(["data", "export", str(config), "--attack", "no-such-attack", "--rate", "0", "--out", str(tmp_path / "y")]) == 2
     assert "Unknown attack 'no-such-attack'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_export_poisons_the_cases_a_sweep_cell_of_that_seed_poisons(tmp_path, brats_config, shift_attack, seed):
+    from benchmark import SeedStreams, select_cases
+    from benchmark.splitting import split_cases
+
+    root, config = brats_config
+    out = tmp_path / f"export-{seed}"
+    args = ["data", "export", str(config), "--attack", shift_attack, "--rate", "0.5", "--seed", str(seed), "--format", "folder", "--out", str(out)]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = create_dataset("brats", root=str(root)).load()
+    pool = data.subset(split_cases(data, 0.34, 0).attackable)
+    expected = select_cases(pool, 0.5, SeedStreams(seed).generator("poison"))
+    assert sorted(manifest["poisoned_cases"]) == expected
