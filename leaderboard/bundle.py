@@ -9,6 +9,7 @@ separators ``,`` and ``:``, UTF-8, NaN and infinities written as ``null``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -130,11 +131,15 @@ def export_bundle(
         The bundle, ``digest`` included.
 
     Raises:
-        BenchError: no database, no finished cell in it, or keys naming several studies (exit 2).
+        BenchError: no database, a database that is not poisonbench's, no finished cell in it,
+            or keys naming several studies (exit 2).
+        SubmissionError: the bundle would be refused by ``bench leaderboard add`` (e.g. a
+            submitter name with control or bidirectional characters); nothing is written.
     """
     path = Path(results_dir) / "results.sqlite"
     if not path.is_file():
         raise BenchError(f"{path}: no results database here; run 'bench run --out {results_dir}' first.")
+    _require_results_database(path)
     with ResultStore(path) as store:
         chosen = benchmark.select_study(store, study)
         keys = chosen.cell_keys if chosen is not None else []
@@ -196,16 +201,54 @@ def export_bundle(
     }
     bundle = finite_or_none(bundle)
     bundle["digest"] = compute_digest(bundle)
+    _refuse_what_add_would_refuse(bundle, str(path))
     return bundle
 
 
+def _refuse_what_add_would_refuse(bundle: dict[str, Any], source: str) -> None:
+    """Run the board's own checks, so no bundle is written that ``bench leaderboard add`` refuses."""
+    from .validate import SubmissionError, check_bundle
+
+    reasons = check_bundle(bundle)
+    if reasons:
+        raise SubmissionError(f"export of {source}", reasons)
+
+
+def _require_results_database(path: Path) -> None:
+    """Refuse, without changing it, an SQLite file that is not a poisonbench results database."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise BenchError(f"{path}: not a poisonbench results database ({exc}).") from None
+    if not {"runs", "case_metrics"} <= tables:
+        raise BenchError(f"{path}: not a poisonbench results database (it has no runs and case_metrics tables).")
+
+
 def write_bundle(bundle: dict[str, Any], path: str | Path) -> Path:
-    """Write a bundle as indented UTF-8 JSON (atomically)."""
+    """Write a bundle as indented UTF-8 JSON (atomically: a temporary file renamed into place).
+
+    Raises:
+        BenchError: ``path`` is a folder, or cannot be written; no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise BenchError(f"{path}: is a folder; give the file to write, e.g. {path / 'submission.json'}.")
+    try:
+        text = json.dumps(bundle, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise BenchError(f"{path}: the bundle cannot be written as strict JSON: {exc}") from None
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(bundle, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        if tmp.is_file():
+            tmp.unlink()
+        raise BenchError(f"{path}: cannot write the file: {exc.strerror or exc}") from None
     return path
 
 

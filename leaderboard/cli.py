@@ -107,6 +107,8 @@ def _build(args: argparse.Namespace) -> int:
     from .site import build_site
 
     result = build_site(Board(args.board), args.out)
+    for line in result.left_out:
+        print(f"warning: {line}", file=sys.stderr)
     a = result.analysis
     print(
         f"{Path(args.out) / 'index.html'}: {len(a.entries)} entr{'y' if len(a.entries) == 1 else 'ies'}, "

@@ -25,6 +25,7 @@ import benchmark
 from .board import Board, Entry
 from .bundle import finite_or_none
 from .staging import SiteWriter, check_site_folder, staged_site
+from .text import neutralise
 from .stats import ALPHA
 from .tables import Analysis, analyse, plugin_label
 
@@ -85,10 +86,12 @@ CSV_COLUMNS = [
 class BuildResult:
     """Where the site went and what it holds."""
 
-    def __init__(self, out: Path, analysis: Analysis, figures: list[Path]):
+    def __init__(self, out: Path, analysis: Analysis, figures: list[Path], left_out: list[str] | None = None):
         self.out = out
         self.analysis = analysis
         self.figures = figures
+        self.left_out = list(left_out or [])
+        """One line per entry file (or figure) left out of the site, with why."""
 
 
 def _fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
@@ -106,9 +109,16 @@ def _fmt(value: Any, digits: int = 3, signed: bool = False) -> str:
 def _environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    env = Environment(loader=PackageLoader("leaderboard", "templates"), autoescape=True, undefined=StrictUndefined, trim_blocks=False)
+    env = Environment(
+        loader=PackageLoader("leaderboard", "templates"), autoescape=True, undefined=StrictUndefined, trim_blocks=False, finalize=_inert
+    )
     env.filters["fmt"] = _fmt
     return env
+
+
+def _inert(value: Any) -> Any:
+    """Every string printed into a page loses control and bidirectional characters (`leaderboard.text`)."""
+    return neutralise(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
 
 def _safe_link(link: str) -> str | None:
@@ -129,7 +139,7 @@ _MD_ESCAPES = str.maketrans({**{c: f"&#{ord(c)};" for c in "<>&|"}, **{c: "\\" +
 def _md(text: Any) -> str:
     """Escape a value for a Markdown table cell: no HTML, no pipes, no line breaks, no link syntax."""
     value = _fmt(text) if not isinstance(text, str) else text
-    value = " ".join(value.split())
+    value = neutralise(" ".join(value.split()))
     return value.translate(_MD_ESCAPES)
 
 
@@ -192,6 +202,8 @@ def _csv_value(value: Any) -> Any:
         value = " ".join(str(v) for v in value)
     if value is None:
         return ""
+    if isinstance(value, str):
+        value = neutralise(value, single_line=True)
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value  # no formula injection when opened in a spreadsheet
     return value
@@ -204,6 +216,10 @@ def build_site(board: Board, out: str | Path, now: str | None = None) -> BuildRe
     `leaderboard.staging`): a failed build leaves the previous site as it was, and only
     files an earlier build wrote are replaced or removed.
 
+    Entry files that fail the board's checks (`Board.load`), that the analysis cannot take,
+    and figures that cannot be drawn are left out and listed in the result's ``left_out``;
+    they never stop the build.
+
     Raises:
         BenchError: the board folder is missing or not a folder, ``out`` is, holds or lies
             inside the board folder, or ``out`` holds files the build would overwrite that
@@ -215,16 +231,34 @@ def build_site(board: Board, out: str | Path, now: str | None = None) -> BuildRe
     out = Path(out)
     board.require_folder()
     check_site_folder(board.root, out)
-    entries = board.entries()
-    analysis = analyse(entries)
+    contents = board.load()
+    entries, analysis, left_out = _analyse_leaving_out(contents.entries)
+    left_out = contents.left_out + left_out
     generated = now or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     with staged_site(out) as site:
-        figures = _write_site(site, entries, analysis, generated)
-    return BuildResult(out, analysis, [out / f for f in figures])
+        figures = _write_site(site, entries, analysis, generated, left_out)
+    return BuildResult(out, analysis, [out / f for f in figures], left_out)
 
 
-def _write_site(site: SiteWriter, entries: list[Entry], analysis: Analysis, generated: str) -> list[str]:
+def _analyse_leaving_out(entries: list[Entry]) -> tuple[list[Entry], Analysis, list[str]]:
+    """The analysis of every entry it can take; the others are left out, each with the error."""
+    try:
+        return entries, analyse(entries), []
+    except Exception:  # noqa: BLE001 - one entry the analysis cannot take must not stop the board
+        kept, left_out = [], []
+        for entry in entries:
+            try:
+                analyse([entry])
+                kept.append(entry)
+            except Exception as exc:  # noqa: BLE001
+                left_out.append(f"{entry.path}: left out: the analysis failed on it: {type(exc).__name__}: {str(exc)[:200]}")
+        return kept, analyse(kept), left_out
+
+
+def _write_site(site: SiteWriter, entries: list[Entry], analysis: Analysis, generated: str, left_out: list[str]) -> list[str]:
     """Write every file of the site through ``site``; returns the figures' relative paths."""
+    import matplotlib
+
     figures: list[str] = []
     figure_index: dict[str, list[dict[str, str]]] = {}
     for i, curve in enumerate(analysis.curves):
@@ -232,7 +266,13 @@ def _write_site(site: SiteWriter, entries: list[Entry], analysis: Analysis, gene
         if len(curve["points"]) < 1:
             continue
         name = f"figures/{row['entry']}-{i:03d}.png"
-        _figure(row, curve["points"], site.path(name))
+        try:
+            with matplotlib.rc_context({"text.parse_math": False}):  # a '$' in a submitted name is text, not TeX
+                _figure(row, curve["points"], site.path(name))
+        except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn is left out, the page still builds
+            site.discard(name)
+            left_out.append(f"figure of entry {row['entry']} ({neutralise(str(row['attack']), True)}): not drawn: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
         row["figure"] = name
         figures.append(name)
         caption = f"{row['submitter'] or row['entry']}: {row['segmenter']} | {row['attack']}"

@@ -78,6 +78,12 @@ class SiteWriter:
         self.files.append(relative)
         return target
 
+    def discard(self, relative: str) -> None:
+        """Forget ``relative`` and delete its staged file (a file that could not be finished)."""
+        if relative in self.files:
+            self.files.remove(relative)
+            (self.root / relative).unlink(missing_ok=True)
+
     def text(self, relative: str, content: str) -> Path:
         """Write ``content`` (UTF-8) as ``relative``."""
         target = self.path(relative)

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from benchmark import METRICS, BenchError, aggregate, metrics_from_confusion
 
 from .bundle import COUNT_COLUMNS, compute_digest
+from .text import text_reasons
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
@@ -123,9 +124,11 @@ def read_json_file(path: str | Path, max_bytes: int | None = None, max_depth: in
         raise SubmissionError(source, [f"JSON nested more than {max_depth} levels deep."])
     try:
         text = raw.decode("utf-8")
-        data = json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicate_keys)
     except UnicodeDecodeError as exc:
         raise SubmissionError(source, [f"not UTF-8: {exc}"]) from None
+    del raw  # the parser's objects, not a second copy of the file, should take the memory
+    try:
+        data = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float, object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
         raise SubmissionError(source, [f"JSON nested more than {max_depth} levels deep."]) from None
     except ValueError as exc:
@@ -135,16 +138,31 @@ def read_json_file(path: str | Path, max_bytes: int | None = None, max_depth: in
     return data
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"number {token[:40]} is out of range (largest finite double about 1.8e308)")
+    return value
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_SCAN_CHUNK = 1 << 20
 
 
 def _bracket_depth(raw: bytes, limit: int) -> int:
-    """Maximum bracket nesting outside JSON strings (vectorised: strings removed, then a running sum)."""
+    """Maximum bracket nesting outside JSON strings, scanned in chunks so memory stays about twice the file."""
     import numpy as np
 
-    skeleton = np.frombuffer(_STRING.sub(b"", raw), dtype=np.uint8)
-    steps = (np.isin(skeleton, (0x5B, 0x7B)).astype(np.int64) - np.isin(skeleton, (0x5D, 0x7D)).astype(np.int64))
-    return int(np.cumsum(steps).max(initial=0))
+    skeleton = _STRING.sub(b"", raw)
+    deepest = level = 0
+    for start in range(0, len(skeleton), _SCAN_CHUNK):
+        chunk = np.frombuffer(skeleton, dtype=np.uint8, count=min(_SCAN_CHUNK, len(skeleton) - start), offset=start)
+        steps = np.isin(chunk, (0x5B, 0x7B)).astype(np.int32) - np.isin(chunk, (0x5D, 0x7D))
+        running = np.cumsum(steps, dtype=np.int64) + level
+        deepest, level = max(deepest, int(running.max())), int(running[-1])
+        if deepest > limit:
+            break
+    return deepest
 
 
 def _schema_reasons(bundle: Any) -> list[str]:
@@ -371,6 +389,7 @@ def check_bundle(
         reasons.append(f"digest: cannot serialise the bundle canonically: {exc}")
     if actual is not None and digest != actual:
         reasons.append(f"digest: the bundle's digest {str(digest)[:80]!r} does not match its content (SHA-256 {actual}); it was changed after export.")
+    reasons += text_reasons(bundle)
     reasons += _range_reasons(bundle)
     reasons += _count_reasons(bundle)
     reasons += _aggregate_reasons(bundle, tolerance)

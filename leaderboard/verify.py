@@ -110,7 +110,11 @@ def verify_entry(
             (``provenance.torch_threads``), else torch's default.
 
     Returns:
-        The verification record stored in the entry (``status`` ``verified`` or ``mismatch``).
+        The verification record (``status`` ``verified`` or ``mismatch``), stored in the board's
+        index for the entry's digest when the entry is on ``board``.
+
+    Raises:
+        SubmissionError: the entry fails the board's checks (digest, schema, metrics): it cannot be verified.
     """
     entry = board.get(ident)
     cells = choose_cells(entry, which, seed)
@@ -161,7 +165,6 @@ def verify_entry(
             + (f" (largest difference {worst:.3g})" if worst is not None else "")
         ),
     }
-    entry.verification = record
     if entry.path.parent.resolve() == board.root.resolve():
-        board.save(entry)
+        board.record_verification(entry, record)  # bound to the digest re-run, in the board's index
     return record

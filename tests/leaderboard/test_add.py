@@ -150,6 +150,6 @@ def test_entry_file_name_is_sanitised(bundle, helpers, tmp_path):
     entry = Board(tmp_path / "board").add(helpers.dump(helpers.reseal(evil), tmp_path / "evil.json"))
     assert entry.path.parent == tmp_path / "board"
     assert entry.path.name == f"outside-evil-name-{evil['digest'][:12]}.json" or entry.path.name.startswith("outside-evil-name-")
-    assert [p.name for p in (tmp_path / "board").iterdir()] == [entry.path.name]
+    assert sorted(p.name for p in (tmp_path / "board").iterdir()) == sorted([entry.path.name, "index.json"])
     assert not (tmp_path / "outside").exists()
     assert json.loads(entry.path.read_text())["submission"]["submitter"]["name"] == "../../outside/evil name"

@@ -92,7 +92,7 @@ def test_near_duplicates_are_duplicates(bundle, helpers, tmp_path, capsys):
         assert main(["leaderboard", "add", str(helpers.dump(resealed, tmp_path / f"{name}.json")), "--board", str(board)]) == 2
         err = capsys.readouterr().err
         assert "duplicate: the same results" in err and "counts:" not in err, (name, err)
-    assert len(list(board.glob("*.json"))) == 1
+    assert len(Board(board).entries()) == 1 and len(list(board.glob("*.json"))) == 2  # the entry and the index
 
 
 def test_compare_cases_reports_every_metric_and_the_counts(bundle):
