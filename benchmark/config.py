@@ -11,9 +11,10 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,18 +26,36 @@ from .registry import Registry
 from .validation import validation_messages
 
 __all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_SEED",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
     "TaskConfig",
     "SplitConfig",
     "ExecutorConfig",
     "PluginSpec",
     "SweepConfig",
     "Cell",
+    "check_out_folder",
+    "parse_yaml",
     "read_config_file",
     "apply_overrides",
     "load_config",
     "validate_config",
     "expand_cells",
 ]
+
+
+MAX_SEED = 2**63 - 1
+"""Largest seed: results store seeds as SQLite INTEGER (signed 64 bit), torch seeds its generators from it."""
+MAX_CONFIG_BYTES = 1024 * 1024
+"""Largest sweep file read (1 MiB); anything larger is refused before parsing."""
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of YAML collections accepted."""
+MAX_YAML_NODES = 100_000
+"""Most values a YAML document may expand to once its aliases are followed (no alias bombs)."""
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class _Strict(BaseModel):
@@ -54,7 +73,7 @@ class SplitConfig(_Strict):
     """How cases are divided; splits are by case, never by slice."""
 
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="fraction of cases held out for validation")
-    seed: int = Field(0, description="seed of the case split")
+    seed: Seed = Field(0, description="seed of the case split")
     trusted: float = Field(
         0.0, ge=0, description="trusted real training cases given to defenses: a fraction (< 1) or a count (>= 1)"
     )
@@ -98,7 +117,7 @@ class _RawSweep(_Strict):
     segmenters: list[dict[str, Any]] = Field(min_length=1)
     attacks: list[dict[str, Any]] = Field([{"name": NO_ATTACK}], min_length=1)
     defenses: list[dict[str, Any]] = Field([{"name": NO_DEFENSE}], min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     executor: ExecutorConfig = ExecutorConfig()
     out: str = "results"
@@ -109,6 +128,14 @@ class _RawSweep(_Strict):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be distinct; got {seeds}")
         return seeds
+
+    @field_validator("out")
+    @classmethod
+    def _usable_out(cls, out: str) -> str:
+        problem = out_folder_problem(out)
+        if problem:
+            raise ValueError(problem)
+        return out
 
 
 @dataclass(frozen=True)
@@ -186,19 +213,151 @@ class Cell:
         return f"{self.segmenter.name} | {self.attack.name}@{self.rate:.3g} | {self.defense.name} | seed {self.seed}"
 
 
+def out_folder_problem(out: str) -> str | None:
+    """Why ``out`` cannot hold a sweep's results (None when it can): empty, a NUL byte, or a file-system root."""
+    if not out.strip():
+        return "the output folder must not be empty"
+    if "\x00" in out:
+        return "the output folder must not contain a NUL character"
+    try:
+        resolved = Path(out).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop, an unknown user in '~name'
+        return f"the output folder {out!r} cannot be resolved: {exc}"
+    if resolved == Path(resolved.anchor):
+        return f"the output folder {out!r} is the file-system root; give a folder of its own, e.g. 'results'"
+    return None
+
+
+def check_out_folder(out: str, option: str = "--out") -> str:
+    """``out`` unchanged, or a ConfigError naming ``option`` when it cannot hold results (see `out_folder_problem`)."""
+    problem = out_folder_problem(out)
+    if problem:
+        raise ConfigError(f"{option}: {problem}.")
+    return out
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys and nesting deeper than `MAX_YAML_DEPTH`."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<' merges may be overridden by explicit keys, as YAML intends
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {_short(key)}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _expanded_nodes(root: yaml.Node, limit: int) -> int:
+    """Values the document holds once every alias is followed (at most ``limit + 1``), without recursion.
+
+    Raises:
+        ValueError: an alias refers to a collection that contains it (a recursive document).
+    """
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            in_progress.discard(id(node))
+            sizes[id(node)] = min(limit + 1, 1 + sum(sizes[id(c)] for c in children(node)))
+            continue
+        if id(node) in sizes:
+            continue
+        in_progress.add(id(node))
+        stack.append((node, True))
+        for child in children(node):
+            if id(child) in in_progress:
+                raise ValueError(f"line {child.start_mark.line + 1}: an alias refers to a collection that contains it")
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML with the safe loader, bounded: no duplicate keys, no deep nesting, no alias bombs.
+
+    Args:
+        text: the document.
+        source: what to name in errors (a file, ``--set KEY``).
+
+    Raises:
+        ConfigError: the text is not valid YAML, or breaks one of the bounds.
+    """
+    try:
+        loader = _BoundedLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters at once
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            expanded = _expanded_nodes(node, MAX_YAML_NODES)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: recursive YAML is not accepted ({exc}).") from None
+        if expanded > MAX_YAML_NODES:
+            raise ConfigError(f"{source}: the YAML expands to more than {MAX_YAML_NODES} values through its aliases (&anchor / *alias).")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply.") from None
+    finally:
+        loader.dispose()
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML file into a mapping (safe loader only: no Python objects)."""
+    """Parse a YAML file into a mapping (safe loader only: no Python objects; size, depth and aliases bounded)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes; a sweep file is a few kilobytes.")
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} cannot be read: not UTF-8 ({exc}).") from None
+    data = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sweep keys (dataset, task, ...); got {type(data).__name__}.")
     return data
@@ -211,10 +370,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. dataset.cases=12.")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"--set {key[:80]}: the value is larger than {MAX_CONFIG_BYTES} bytes.")
+        value = parse_yaml(raw, f"--set {key[:80]}")
         parts = [p for p in key.strip().split(".")]
         if not all(parts):
             raise ConfigError(f"--set {item!r}: empty key segment.")
@@ -223,7 +381,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             last = depth == len(parts) - 1
             where = ".".join(parts[: depth + 1])
             if isinstance(node, list):
-                if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                if not _INDEX.match(part) or not -len(node) <= int(part) < len(node):
                     raise ConfigError(f"--set {key}: '{where}' is not an index of a list of {len(node)} items.")
                 index = int(part)
                 if last:
@@ -240,6 +398,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+_INDEX = re.compile(r"^-?[0-9]{1,9}$")
+
+
 def _plugin_spec(registry: Registry, raw: Any, where: str, problems: list[str], drop: tuple[str, ...] = ()) -> PluginSpec | None:
     if isinstance(raw, str):
         raw = {"name": raw}
@@ -248,7 +409,7 @@ def _plugin_spec(registry: Registry, raw: Any, where: str, problems: list[str], 
         return None
     name = raw.get("name")
     if not isinstance(name, str):
-        problems.append(f"{where}.name: expected the name of a registered {registry.kind}; got {name!r}.")
+        problems.append(f"{where}.name: expected the name of a registered {registry.kind}; got {_short(name)}.")
         return None
     params = {k: v for k, v in raw.items() if k != "name" and k not in drop}
     try:
@@ -263,12 +424,12 @@ def _rates(raw: Any, where: str, problems: list[str]) -> list[float]:
     if raw is None:
         return [0.0]
     if not isinstance(raw, list) or not raw:
-        problems.append(f"{where}: expected a non-empty list of poison rates in [0, 1]; got {raw!r}.")
+        problems.append(f"{where}: expected a non-empty list of poison rates in [0, 1]; got {_short(raw)}.")
         return []
     rates = []
     for i, rate in enumerate(raw):
         if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-            problems.append(f"{where}[{i}]: expected a number in [0, 1]; got {rate!r}.")
+            problems.append(f"{where}[{i}]: expected a number in [0, 1]; got {_short(rate)}.")
         elif not 0.0 <= float(rate) <= 1.0:
             problems.append(f"{where}[{i}]: {rate} is not in [0, 1].")
         elif float(rate) in rates:

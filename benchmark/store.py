@@ -109,6 +109,7 @@ class ResultStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._refuse_foreign_database()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -121,6 +122,14 @@ class ResultStore:
             raise BenchError(f"{self.path}: cannot open the results database: {exc}") from None
         except OSError as exc:
             raise BenchError(f"{self.path}: cannot create the output folder: {exc.strerror or exc}") from None
+
+    def _refuse_foreign_database(self) -> None:
+        """An SQLite file with tables but no ``runs(cell_key)`` is someone else's: close it unchanged and refuse."""
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")} if "runs" in tables else set()
+        if tables and "cell_key" not in columns:
+            self._db.close()
+            raise BenchError(f"{self.path}: an SQLite database that is not a poisonbench results database; it is left as it is (choose another --out).")
 
     def close(self) -> None:
         self._db.close()

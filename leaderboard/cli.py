@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -15,6 +16,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text[:40]!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite tolerance >= 0; got {text[:40]}")
     return value
 
 
@@ -86,7 +97,7 @@ def register_leaderboard(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("entry", help="entry id, entry file name or path")
     verify.add_argument("--board", default=str(DEFAULT_BOARD), help=f"board folder (default: {DEFAULT_BOARD})")
     verify.add_argument("--cells", default="sample", metavar="WHICH", help="'sample' (one cell, default), 'all', or a cell key (prefix)")
-    verify.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help=f"largest absolute per-case metric difference; counts: as a fraction of the case's TP+FP+FN (default: {DEFAULT_TOLERANCE:g})")
+    verify.add_argument("--tolerance", type=_tolerance, default=DEFAULT_TOLERANCE, help=f"largest absolute per-case metric difference; counts: as a fraction of the case's TP+FP+FN (default: {DEFAULT_TOLERANCE:g})")
     verify.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="device of the re-run (default: cpu)")
     verify.add_argument("--seed", type=int, default=None, help="seed of the cell sample (default: drawn from the digest)")
     verify.add_argument("--threads", type=_positive_int, default=None,

@@ -40,6 +40,8 @@ def check_site_folder(board_root: str | Path, out: str | Path) -> None:
         BenchError: naming both folders.
     """
     board, site = Path(board_root), Path(out)
+    if site.resolve() == Path(site.resolve().anchor):
+        raise BenchError(f"--out {site}: is the file-system root; give the site a folder of its own.")
     if _inside(site, board) or _inside(board, site):
         raise BenchError(
             f"--out {site}: the site folder must not be, hold or lie inside the board folder {board}; choose another folder."

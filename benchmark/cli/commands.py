@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -10,12 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ..catalog import REGISTRIES
-from ..config import load_config
+from ..config import MAX_SEED, check_out_folder, load_config
 from ..errors import BenchError, ExitCode
 from ..report import print_defense_effect, print_study_summary, print_summary, report_console, summarise
 from ..store import ResultStore
 
-__all__ = ["COMMANDS", "add_command", "config_arguments"]
+__all__ = ["COMMANDS", "add_command", "config_arguments", "seed_argument"]
 
 
 def config_arguments(parser: argparse.ArgumentParser, default: str | None = "bench.yaml") -> None:
@@ -24,6 +25,28 @@ def config_arguments(parser: argparse.ArgumentParser, default: str | None = "ben
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a key before validation; dotted path, list index allowed, value parsed as YAML (repeatable)",
     )
+
+
+def seed_argument(text: str) -> int:
+    """An argparse type: a seed the harness can use (0 to `MAX_SEED`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed; got {text[:40]!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}; got {text[:40]}")
+    return value
+
+
+def seconds_argument(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds; got {text[:40]!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0; got {text[:40]}")
+    return value
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, help: str, examples: str) -> argparse.ArgumentParser:
@@ -40,7 +63,7 @@ def _register_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-predictions", action="store_true", help="write predicted masks as NIfTI under OUT/predictions/<cell>/")
     p.add_argument("--executor", choices=["local", "process", "ray"], help="where cells run (overrides executor.name)")
     p.add_argument("--workers", type=int, help="cells run at once by the process or ray executor (overrides executor.workers)")
-    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another run on the same --out to finish (default: refuse at once)")
+    p.add_argument("--wait", type=seconds_argument, default=0.0, metavar="SECONDS", help="wait this long for another run on the same --out to finish (default: refuse at once)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or logs")
     p.set_defaults(handler=_run)
 
@@ -53,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"executor.name={args.executor}")
     if args.workers is not None:
         overrides.append(f"executor.workers={args.workers}")
+    if args.out is not None:
+        check_out_folder(args.out)
     config = load_config(args.config, overrides)
     console = report_console(stderr=True, quiet=args.quiet)
     result = run_sweep(

@@ -8,9 +8,9 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from ..config import load_config
+from ..config import MAX_SEED, load_config
 from ..errors import ExitCode
-from .commands import add_command, config_arguments
+from .commands import add_command, config_arguments, seed_argument
 
 __all__ = ["register"]
 
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_arguments(e)
     e.add_argument("--attack", required=True, help="registered attack; its parameters come from the config's entry of that name")
     e.add_argument("--rate", type=float, required=True, help="poison rate in [0, 1]")
-    e.add_argument("--seed", type=int, default=0, help="cell seed (default: 0)")
+    e.add_argument("--seed", type=seed_argument, default=0, help=f"cell seed, 0 to {MAX_SEED} (default: 0)")
     e.add_argument("--format", dest="fmt", choices=["nnunet", "folder"], default="nnunet", help="output layout (default: nnunet)")
     e.add_argument("--out", required=True, help="output folder (must be empty or absent)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")

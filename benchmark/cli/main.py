@@ -12,7 +12,7 @@ from typing import Sequence
 
 from rich.console import Console
 
-from ..errors import BenchError
+from ..errors import BenchError, ExitCode
 from . import commands, data_commands
 
 __all__ = ["main", "build_parser", "COMMAND_GROUP"]
@@ -68,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             err.print_exception()
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
+    except OSError as exc:  # a path given on the command line that cannot be read or written
+        if debug:
+            err.print_exception()
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return int(ExitCode.USAGE_ERROR)
     except KeyboardInterrupt:
         print("error: interrupted; finished cells are stored, run again to resume.", file=sys.stderr)
         return 130
