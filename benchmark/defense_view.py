@@ -5,7 +5,10 @@ their ids (``gan-synthetic``'s ``add`` mode names its copies ``<case>~syn``), by
 place (appended after the real cases) or by ``meta``. A `DefenseView` hides all three:
 cases are put in a random order drawn from a secret the defense does not know, renamed
 ``case-<n>`` in that order, stripped of ``meta`` and of the ground-truth flags; the harness
-maps the defense's scores back to the real ids.
+maps the defense's scores back to the real ids. The view also drops the data set's
+normalisation masks and rule (an attack could set them differently for its cases), and the
+defense gets a seed drawn from the same secret, not the cell seed from which the attack's
+case choice follows.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class DefenseView:
     Attributes:
         train: every training case (trusted ones included), cases in a random order,
             their slices in their own order, ids ``case-<n>``, ``poisoned`` all False,
-            empty ``meta``.
+            empty ``meta``, no normalisation masks or rule.
         trusted: the trusted cases of ``train`` under the same opaque ids (same order), or None.
         real_ids: opaque id → real case id.
     """
@@ -66,14 +69,12 @@ class DefenseView:
             case_ids=np.array([opaque[str(case)] for case in shuffled.case_ids], dtype=str),
             poisoned=np.zeros(len(shuffled), dtype=bool),
             meta={},
+            norm_masks=None,
+            normalisation=None,
         )
         trusted_set = {str(case) for case in trusted_cases}
         trusted = [opaque[case] for case in order if case in trusted_set]
         return cls(hidden, hidden.subset(trusted) if trusted else None, {v: k for k, v in opaque.items()})
-
-    def missing(self, scores: Mapping[str, float], of: SliceSet) -> list[str]:
-        """Opaque ids of ``of`` that ``scores`` leaves out."""
-        return [case for case in of.cases if case not in scores]
 
     def to_real(self, scores: Mapping[str, float]) -> dict[str, float]:
         """Scores keyed by opaque id → keyed by real case id (ids the view never gave are dropped)."""

@@ -54,9 +54,12 @@ class RunContext:
     Attributes:
         device: ``cpu`` or ``cuda`` (already resolved from ``auto``).
         seed: the seed of the plugin's own stream of the cell (`benchmark.seeding`: an
-            attack gets the ``generator`` stream, a segmenter the ``batches`` stream).
-        cache_dir: folder for expensive artifacts, shared across cells and runs.
-        dataset_fingerprint: identifies the data the cell uses (part of cache keys).
+            attack gets the ``generator`` stream, a segmenter the ``batches`` stream, a
+            defense a seed unrelated to the cell seed, so it cannot redraw the attack's choice).
+        cache_dir: folder for expensive artifacts, shared across cells and runs; a defense
+            gets a private scratch folder instead (it must not read attack artifacts).
+        dataset_fingerprint: identifies the data the cell uses (part of cache keys); empty
+            for a defense.
         inputs: input channel names of the task.
         target: target region of the task (``ET``, ``TC`` or ``WT``).
         quiet: no progress output wanted.

@@ -213,10 +213,13 @@ class CellRunner:
         trusted_cases = set(self.trusted.cases) if self.trusted is not None else set()
         # opaque, shuffled ids from a secret the defense lacks: nothing but the slices tells poison apart
         secret = (cell.key, json.dumps(cell.config(), sort_keys=True), self.fingerprint)
-        view = DefenseView.build(train, sorted(trusted_cases), view_rng(*secret))
+        rng = view_rng(*secret)
+        view = DefenseView.build(train, sorted(trusted_cases), rng)
         with tempfile.TemporaryDirectory(prefix="poisonbench-defense-") as scratch:
-            # a private scratch folder instead of the shared cache (attack artifacts), no data fingerprint
-            defense.bind(replace(context, cache_dir=Path(scratch), dataset_fingerprint=""))
+            # a private scratch folder instead of the shared cache (attack artifacts), no data fingerprint,
+            # and a seed of its own: the cell seed would let it redraw the attack's case choice
+            seed = int(rng.integers(0, 2**63))
+            defense.bind(replace(context, seed=seed, cache_dir=Path(scratch), dataset_fingerprint=""))
             defense.fit(view.trusted)
             scores = _defense_scores(defense.score(view.train), view.train, who)
             trusted_scores = _defense_scores(defense.score(view.trusted), view.trusted, who) if view.trusted is not None else None

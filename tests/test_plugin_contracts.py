@@ -16,7 +16,9 @@ from benchmark import (
     Defense,
     DefenseParams,
     Segmenter,
+    SeedStreams,
     SliceSet,
+    ZSCORE,
     register_attack,
     register_defense,
     register_segmenter,
@@ -77,7 +79,9 @@ def test_bench_list_one_kind_with_pattern(kind, capsys):
 
 
 # --------------------------------------------------------------------------- defenses cannot cheat
-CHEAT_ROUTES = ("suffix", "order", "cache", "fingerprint", "meta")
+CHEAT_ROUTES = ("suffix", "order", "cache", "fingerprint", "meta", "norm_masks", "seed")
+#: the data set of the current test, which a cheating defense matches slices against
+_DATA: dict[str, SliceSet] = {}
 #: attack-side records a cheating defense might look up by the data fingerprint
 _LEAKS: dict[str, list[str]] = {}
 #: what each CheatingDefense.score call was handed
@@ -96,6 +100,8 @@ class MarkingAttack(Attack):
         marked = marked.with_arrays(case_ids=np.char.add(marked.case_ids.astype(str), "~syn"), poisoned=flags)
         names = marked.cases
         clean = train.subset([case for case in train.cases if case not in set(chosen)])
+        # unlike real cases, the marked ones claim an empty normalisation mask
+        marked = marked.with_arrays(norm_masks=np.zeros_like(marked.norm_masks))
         out = SliceSet.concatenate([clean, marked])
         folder = self.context.cache_dir / "marking-attack"
         folder.mkdir(parents=True, exist_ok=True)
@@ -108,7 +114,12 @@ class CheatingDefense(Defense):
     """Scores cases by everything but their slices: id suffix, order, cache, fingerprint, meta."""
 
     class Params(DefenseParams):
-        route: Literal["suffix", "order", "cache", "fingerprint", "meta"] = Field("suffix", description="the route tried")
+        route: Literal["suffix", "order", "cache", "fingerprint", "meta", "norm_masks", "seed"] = Field(
+            "suffix", description="the route tried"
+        )
+
+    def fit(self, trusted):
+        self.trusted_ids = set(trusted.cases) if trusted is not None else set()
 
     def score(self, train):
         cases = train.cases
@@ -130,9 +141,24 @@ class CheatingDefense(Defense):
             known = {name for path in cache.rglob("*.json") for name in json.loads(path.read_text())}
         elif route == "fingerprint":
             known = set(_LEAKS.get(self.context.dataset_fingerprint, []))
+        elif route == "norm_masks":
+            masks = train.norm_masks
+            known = set() if masks is None else {case for case in cases if not masks[train.case_ids == case].any()}
+        elif route == "seed":
+            # recover the real ids from the slices, then redraw the attack's case choice from the seed
+            data = _DATA["data"]
+            real = {case: _real_id(train.images[train.case_ids == case][0], data) for case in cases}
+            pool = data.subset([real[case] for case in cases if case not in self.trusted_ids])
+            chosen = set(select_cases(pool, 0.5, SeedStreams(self.context.seed).generator("poison")))
+            known = {case for case in cases if real[case] in chosen}
         else:
             known = set(train.meta.get("marked_cases", []))
         return {case: float(case in known) for case in cases}
+
+
+def _real_id(first_slice: np.ndarray, data: SliceSet) -> str:
+    match = np.flatnonzero((data.images == first_slice).all(axis=(1, 2, 3)))
+    return str(data.case_ids[match[0]])
 
 
 class BlankSegmenter(Segmenter):
@@ -166,7 +192,10 @@ def test_a_defense_learns_nothing_but_what_the_slices_show(route, trusted, tmp_p
         [f"real{i:02d}" for i in range(cases) for _ in range(slices)],
         ("t1ce",),
         meta={"source": "test"},
+        norm_masks=np.ones((cases * slices, 8, 8), dtype=bool),
+        normalisation=ZSCORE,
     )
+    _DATA["data"] = data
     config = validate_config(
         {
             "dataset": {"name": "synthetic-brats", "cases": cases},
