@@ -31,7 +31,7 @@ from .spill import all_finite, map_rows
 from .splitting import Split, split_cases
 from .store import FAILED, FINISHED, CellRecord
 
-__all__ = ["CellRunner", "SweepPlan", "plan_sweep", "run_cell", "seed_everything"]
+__all__ = ["CellRunner", "SweepPlan", "apply_attack", "plan_sweep", "run_cell", "seed_everything"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,37 @@ def _check_sliceset(result: Any, plugin: str, reference: SliceSet, what: str) ->
     if not all_finite(result.images):
         raise PluginError(f"{plugin}: {what} returned images containing NaN or inf.")
     return result
+
+
+def apply_attack(
+    name: str, params: dict[str, Any], context: RunContext, pool: SliceSet, rate: float, streams: SeedStreams, where: str = ""
+) -> tuple[Attack, SliceSet]:
+    """A cell's attack step: create the attack, fit it to the pool and poison the pool at ``rate``.
+
+    The one path from a cell's seed to its poison, shared by the runner and ``bench data
+    export``: the ``poison`` stream chooses the cases, the ``generator`` stream seeds torch
+    and the attack's own model.
+
+    Args:
+        name: registered attack.
+        params: the attack's parameters.
+        context: the cell's run context (device, cache, task); its seed is replaced by the
+            ``generator`` stream's.
+        pool: the attackable training cases, images ``[N, C, H, W]``.
+        rate: poison rate in [0, 1].
+        streams: the cell's seed streams.
+        where: key path prefixing parameter errors (``--attack``).
+
+    Returns:
+        the fitted attack and the poisoned pool (checked: same slice shape and channels, finite).
+    """
+    attack_rng = streams.generator("poison")
+    seed_everything(streams.integer("generator"))
+    attack: Attack = create_plugin(ATTACKS, name, params, where)  # type: ignore[assignment]
+    attack.bind(replace(context, seed=streams.integer("generator")))
+    attack.fit(pool, attack_rng)
+    poisoned = _check_sliceset(attack.poison(pool, rate, attack_rng), f"attack '{name}'", pool, "poison()")
+    return attack, poisoned
 
 
 @dataclass
@@ -144,15 +175,10 @@ class CellRunner:
         # independent streams of the cell's seed (benchmark.seeding): which cases are
         # poisoned never moves with the generator's or the segmenter's randomness
         streams = SeedStreams(cell.seed)
-        attack_rng = streams.generator("poison")
-        seed_everything(streams.integer("generator"))
 
         clock = time.perf_counter()
-        attack: Attack = create_plugin(ATTACKS, cell.attack.name, cell.attack.params)  # type: ignore[assignment]
-        attack.bind(replace(context, seed=streams.integer("generator")))
         pool = self.attackable
-        attack.fit(pool, attack_rng)
-        poisoned = _check_sliceset(attack.poison(pool, cell.rate, attack_rng), f"attack '{cell.attack.name}'", pool, "poison()")
+        attack, poisoned = apply_attack(cell.attack.name, cell.attack.params, context, pool, cell.rate, streams)
         record.attack_report = {
             "poisoned_cases": len(poisoned.poisoned_cases()), "poisoned_case_ids": poisoned.poisoned_cases(), **attack.report(),
         }

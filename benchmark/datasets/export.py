@@ -17,8 +17,9 @@ are written as loaded (already z-scored), so read them back with ``normalize: fa
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from ..errors import BenchError, ConfigError
 from ..regions import BRATS_2021_TO_COMMON, ED, ET, NCR
 from ..sliceset import SliceSet
 
-__all__ = ["FORMATS", "NNUNET_BRATS_LABELS", "export_poisoned", "write_sliceset", "write_nifti"]
+__all__ = ["FORMATS", "NNUNET_BRATS_LABELS", "cell_threads", "export_poisoned", "write_sliceset", "write_nifti"]
 
 FORMATS = ("nnunet", "folder")
 # common value -> value written; nnU-Net's BraTS conversion: 1 edema, 2 necrotic core, 3 enhancing
@@ -124,8 +125,13 @@ def export_poisoned(
 ) -> dict[str, Any]:
     """Load the config's data set, poison its training split and write both splits.
 
-    The split, the attack's random stream and its context are those of a sweep cell with
-    the same seed, so the exported poisoned cases are the ones that cell trains on.
+    The split, the seed streams, the device (``config.device``, resolved as a sweep does)
+    and the torch thread count (``executor.threads`` and the executor's rule, see
+    `cell_threads`) are those of a sweep cell with the same seed, and the attack runs
+    through the runner's own step (`benchmark.runner.apply_attack`), so the exported
+    training split is the one that cell trains on, and a generator the cell trained is
+    reused from the cache rather than trained again. The thread count is restored
+    afterwards.
 
     Args:
         config: a validated `SweepConfig`.
@@ -142,8 +148,9 @@ def export_poisoned(
     """
     from ..cache import cache_root
     from ..catalog import ATTACKS, DATASETS, create_plugin
-    from ..environment import package_version
+    from ..environment import package_version, resolve_device
     from ..plugins import RunContext
+    from ..runner import apply_attack
     from ..seeding import SeedStreams
     from ..splitting import split_cases
 
@@ -155,19 +162,19 @@ def export_poisoned(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BenchError(f"{out}: the export folder must be empty or not exist yet.")
     params = next((spec.params for spec, _ in config.attacks if spec.name == attack_name), {})
-    attack = create_plugin(ATTACKS, attack_name, params, "--attack")
+    create_plugin(ATTACKS, attack_name, params, "--attack")  # a bad name or parameter fails before loading
     source = create_plugin(DATASETS, config.dataset.name, config.dataset.params, "dataset")
     root = config.dataset.params.get("root")
     if root and _inside(out, Path(root)):
         raise BenchError(f"{out}: inside the data set folder {root}; nothing is ever written there. Choose another --out.")
     fingerprint = source.fingerprint()
+    device = resolve_device(config.device)
     source.bind(RunContext(quiet=quiet, progress=progress))
     data = source.load()
     split = split_cases(data, config.split.val_fraction, config.split.seed, config.split.trusted)
-    streams = SeedStreams(seed)  # the streams a sweep cell of this seed uses: same poison, same generator
     context = RunContext(
-        device="cpu",
-        seed=streams.integer("generator"),
+        device=device,
+        seed=seed,
         cache_dir=cache_root(),
         dataset_fingerprint=fingerprint,
         inputs=tuple(config.task.inputs),
@@ -175,13 +182,10 @@ def export_poisoned(
         quiet=quiet,
         progress=progress,
     )
-    attack.bind(context)
-    attack_rng = streams.generator("poison")
     pool = data.subset(split.attackable)
-    attack.fit(pool, attack_rng)
-    poisoned = attack.poison(pool, rate, attack_rng)
-    if not isinstance(poisoned, SliceSet) or poisoned.images.shape[1:] != pool.images.shape[1:]:
-        raise BenchError(f"attack '{attack_name}': poison() must return a SliceSet of the pool's slice shape.")
+    # the cell's device, thread count and attack path: a cached generator is reused, not retrained
+    with _torch_threads(cell_threads(config.executor)):
+        attack, poisoned = apply_attack(attack_name, params, context, pool, rate, SeedStreams(seed), "--attack")
     train = SliceSet.concatenate([data.subset(split.trusted), poisoned]) if split.trusted else poisoned
     val = data.subset(split.val)
 
@@ -216,6 +220,41 @@ def export_poisoned(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
+
+
+def cell_threads(executor: Any) -> int | None:
+    """The torch thread count a sweep cell runs under, by `benchmark.executors`' rule.
+
+    Args:
+        executor: the config's `ExecutorConfig`.
+
+    Returns:
+        ``executor.threads`` when set; else ``usable cores // workers`` (``process``),
+        ``round(num_cpus)`` (``ray``) or None (``local``: torch's count as it is).
+    """
+    from ..executors import _usable_cores
+
+    if executor.threads:
+        return int(executor.threads)
+    if executor.name == "process":
+        return max(1, _usable_cores() // (executor.workers or 2))
+    if executor.name == "ray":
+        return max(1, round(executor.num_cpus))
+    return None
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run under ``count`` torch threads (None: unchanged), restoring the count afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -126,3 +126,105 @@ def test_export_poisons_the_cases_a_sweep_cell_of_that_seed_poisons(tmp_path, br
     pool = data.subset(split_cases(data, 0.34, 0).attackable)
     expected = select_cases(pool, 0.5, SeedStreams(seed).generator("poison"))
     assert sorted(manifest["poisoned_cases"]) == expected
+
+
+TINY_GAN = {"name": "gan-synthetic", "rates": [0.5], "epochs": 1, "batch_size": 4, "width": 4, "blocks": 0, "disc_width": 4, "holdout_cases": 1, "crop": 0}
+
+
+@pytest.fixture
+def recording_segmenter():
+    """A segmenter that keeps the training images it is given and predicts nothing."""
+    from benchmark import Segmenter, register_segmenter
+
+    seen: list[np.ndarray] = []
+
+    @register_segmenter("test-recorder")
+    class Recorder(Segmenter):
+        def fit(self, images, masks):
+            seen.append(np.array(images, dtype=np.float32))
+
+        def predict(self, images):
+            return np.zeros((len(images), *images.shape[2:]), dtype=np.uint8)
+
+    return seen
+
+
+@pytest.mark.slow  # trains a tiny GAN
+def test_export_writes_the_training_split_a_sweep_cell_trains_on(tmp_path, write_config, tiny_config, recording_segmenter):
+    """A tiny GAN cell run as the local executor runs it, then exported: the same images, the cached generator reused."""
+    import torch
+
+    from attacks.gan_synthetic import GanSyntheticAttack
+    from benchmark.config import load_config
+    from benchmark.environment import package_version
+    from benchmark.executors import LocalExecutor
+    from benchmark.runner import plan_sweep, run_cell
+
+    seed = 1
+    threads = torch.get_num_threads() + 1  # a count the export only uses if it reads the config's
+    channels = ["t1", "t1ce", "t2", "flair", "ct"]
+    config = {
+        **tiny_config,
+        "task": {"inputs": channels, "target": "ET"},
+        "segmenters": [{"name": "test-recorder"}],
+        "attacks": [TINY_GAN],
+        "seeds": [seed],
+        "device": "auto",
+        "executor": {"name": "local", "threads": threads},
+    }
+    path = write_config(config)
+    plan = plan_sweep(load_config(path))
+    (cell,) = plan.cells
+    data = plan.source.load()
+    trainings = GanSyntheticAttack.trainings
+    (record,) = LocalExecutor(lambda c: run_cell(c, data, "cpu", plan.fingerprint), threads=threads).run([cell])
+    assert record.status == "finished", record.error
+    assert record.environment["torch_threads"] == threads
+    assert GanSyntheticAttack.trainings == trainings + 1 and not record.attack_report["generator_cached"]
+    (trained_on,) = recording_segmenter
+
+    before = torch.get_num_threads()
+    out = tmp_path / "export"
+    args = ["data", "export", str(path), "--attack", "gan-synthetic", "--rate", "0.5", "--seed", str(seed), "--out", str(out)]
+    assert main(args) == 0
+    assert torch.get_num_threads() == before
+    assert GanSyntheticAttack.trainings == trainings + 1, "the export trained its own generator instead of the cell's"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["attack"]["report"]["generator_cached"] is True
+    assert sorted(manifest["poisoned_cases"]) == sorted(record.attack_report["poisoned_case_ids"])
+    assert len(manifest["poisoned_cases"]) == 2
+
+    back = create_dataset("nnunet", root=str(out), normalize=False).load()
+    exported = np.concatenate([np.asarray(back.images[back.case_ids == case]) for case in manifest["train_cases"]])
+    assert exported.shape == trained_on.shape
+    assert np.array_equal(exported, trained_on)
+    real = {case: np.asarray(data.images[data.case_ids == case]) for case in data.cases}
+    target = channels.index("t1ce")
+    for case in manifest["poisoned_cases"]:  # the poison is the generator's, not the real image
+        images = np.asarray(back.images[back.case_ids == case])
+        assert not np.allclose(images[:, target], real[case][:, target], atol=1e-3)
+    assert package_version() == manifest["poisonbench_version"]
+
+
+def test_export_resolves_the_config_device_as_a_sweep_does(tmp_path, write_config, tiny_config, shift_attack, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = write_config({**tiny_config, "device": "cuda"})
+    args = ["data", "export", str(path), "--attack", shift_attack, "--rate", "0.5", "--out", str(tmp_path / "export")]
+    assert main(args) == 2
+    assert "device: 'cuda' was asked for" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()
+
+
+def test_cell_threads_follow_the_executor_rule(monkeypatch):
+    from benchmark.config import ExecutorConfig
+    from benchmark.datasets import export
+
+    monkeypatch.setattr("benchmark.executors._usable_cores", lambda: 8)
+    assert export.cell_threads(ExecutorConfig(name="local")) is None
+    assert export.cell_threads(ExecutorConfig(name="local", threads=3)) == 3
+    assert export.cell_threads(ExecutorConfig(name="process", workers=4)) == 2
+    assert export.cell_threads(ExecutorConfig(name="process")) == 4
+    assert export.cell_threads(ExecutorConfig(name="ray", num_cpus=2.0)) == 2
+    assert export.cell_threads(ExecutorConfig(name="ray", num_cpus=2.0, threads=1)) == 1
