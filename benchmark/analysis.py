@@ -22,16 +22,23 @@ Aggregation (pinned by ``tests/test_analysis.py``):
   cases, not a mean of per-seed ratios; 1 restores clean Dice, 0 changes nothing.
   ``clean_cost`` = clean − defended at rate 0.
 
-Intervals: a two-level percentile bootstrap, `BOOTSTRAP_RESAMPLES` resamples drawn from
-a generator seeded with `BOOTSTRAP_SEED` (so tables are reproducible), 95 % coverage:
-each resample draws the seeds with replacement, then for each drawn seed the cases with
-replacement, and takes the mean. A drop resamples the per-seed, per-case differences
-clean − attacked, so both sides share the same seed and case draw.
+Intervals: a two-level bootstrap, `BOOTSTRAP_RESAMPLES` resamples drawn from a generator
+seeded with `BOOTSTRAP_SEED` (so tables are reproducible), 95 % coverage. Every seed is
+scored on the same validation cases, so each resample draws the seeds with replacement
+and, once, the cases with replacement, and every drawn seed uses that one case draw
+(`two_level_bootstrap`). With S seeds, ``se`` = the standard deviation of the resampled
+means × √(S / (S − 1)), and the interval is ``mean ± t[df, 0.975] · se``, ``df`` being
+Satterthwaite's degrees of freedom of the crossed seed × case table
+(`crossed_degrees_of_freedom`: S − 1 where seed variation dominates, more where case
+variation does; never fewer than S − 1). A percentile interval of 3–5 seeds would be too
+narrow. A drop resamples the per-seed, per-case differences clean − attacked, so both
+sides share the same seed and case draw. With one seed the interval is over the cases
+alone (``se`` × √(C / (C − 1)), C − 1 degrees of freedom) and says nothing about training
+noise.
 
 Tests: the p-value of a drop is two-sided, from ``t = drop / se`` against Student's t with
-``seeds − 1`` degrees of freedom, ``se`` being the standard deviation of the bootstrapped
-drops. It is given only with at least `MIN_SEEDS` seeds (one training run says nothing
-about training noise); with fewer, tables say "1 seed" / "2 seeds" instead.
+the interval's ``df``. It is given only with at least `MIN_SEEDS` seeds (one training run
+says nothing about training noise); with fewer, tables say "1 seed" / "2 seeds" instead.
 
 Detectable difference (`detectable_difference`): the smallest Dice difference between
 two groups of ``n`` seeds a two-sided test at level `ALPHA` finds with power `POWER`:
@@ -75,6 +82,7 @@ __all__ = [
     "DetectableDifference",
     "adjust_p_values",
     "clean_baseline",
+    "crossed_degrees_of_freedom",
     "defense_effect",
     "detectable_difference",
     "dose_response_rows",
@@ -264,6 +272,8 @@ class Interval:
     seeds: int
     cases: int
     p_value: float | None = None
+    dof: float | None = None
+    """Degrees of freedom of the interval's and the test's t (`crossed_degrees_of_freedom`)."""
 
     @property
     def significant(self) -> bool | None:
@@ -271,7 +281,11 @@ class Interval:
 
 
 def two_level_bootstrap(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """Bootstrapped means of a seed × case table: seeds drawn with replacement, then cases within each.
+    """Bootstrapped means of a seed × case table: seeds and cases drawn with replacement, crossed.
+
+    Every seed is scored on the same validation cases, so a resample draws the seeds and,
+    once, the cases, and every drawn seed uses that one case draw (drawing cases afresh per
+    seed would average case variation over the seeds and under-count it by about 1/S).
 
     Args:
         values: ``[S, C]`` per seed and case.
@@ -285,30 +299,75 @@ def two_level_bootstrap(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES
     n_seeds, n_cases = values.shape
     rng = np.random.default_rng(seed)
     seed_draw = rng.integers(0, n_seeds, size=(resamples, n_seeds))
-    case_draw = rng.integers(0, n_cases, size=(resamples, n_seeds, n_cases))
-    return values[seed_draw[:, :, None], case_draw].mean(axis=(1, 2))
+    case_draw = rng.integers(0, n_cases, size=(resamples, n_cases))
+    return values[seed_draw[:, :, None], case_draw[:, None, :]].mean(axis=(1, 2))
 
 
-def mean_interval(values: np.ndarray, test: bool = False) -> Interval:
-    """Mean of a seed × case table (``[S, C]``) with its percentile interval; with ``test`` a p-value too."""
+def crossed_degrees_of_freedom(values: np.ndarray) -> float:
+    """Satterthwaite's degrees of freedom of the mean of a crossed seed × case table.
+
+    From the two-way ANOVA mean squares of seeds (``A``, S − 1 df), cases (``B``, C − 1 df)
+    and the residual (``E``): the variance of the mean is (A + B − E) / (S·C), and its
+    degrees of freedom (A + B − E)² / (A²/(S−1) + B²/(C−1) + E²/((S−1)(C−1))), never fewer
+    than S − 1 (what the seeds alone give).
+
+    Args:
+        values: ``[S, C]`` with S ≥ 2 and C ≥ 2.
+    """
+    n_seeds, n_cases = values.shape
+    grand = values.mean()
+    by_seed, by_case = values.mean(axis=1), values.mean(axis=0)
+    seeds_ms = n_cases * float(((by_seed - grand) ** 2).sum()) / (n_seeds - 1)
+    cases_ms = n_seeds * float(((by_case - grand) ** 2).sum()) / (n_cases - 1)
+    residual = values - by_seed[:, None] - by_case[None, :] + grand
+    residual_ms = float((residual**2).sum()) / ((n_seeds - 1) * (n_cases - 1))
+    total = seeds_ms + cases_ms - residual_ms
+    spread = seeds_ms**2 / (n_seeds - 1) + cases_ms**2 / (n_cases - 1) + residual_ms**2 / ((n_seeds - 1) * (n_cases - 1))
+    if total <= 0 or spread <= 0:
+        return float(n_seeds - 1)
+    return max(float(n_seeds - 1), total**2 / spread)
+
+
+def mean_interval(values: np.ndarray, test: bool = False, resamples: int = BOOTSTRAP_RESAMPLES) -> Interval:
+    """Mean of a seed × case table (``[S, C]``) with its t interval; with ``test`` a p-value too.
+
+    ``se`` is the standard deviation of `two_level_bootstrap` times √(S / (S − 1)) (the
+    bootstrap's variance of a mean over S seeds is (S − 1) / S of the unbiased one); the
+    interval is ``mean ± t[df, 0.975] · se`` and the p-value (≥ `MIN_SEEDS` seeds) is
+    two-sided from ``mean / se`` against the same t, ``df`` being
+    `crossed_degrees_of_freedom` (S − 1 when seeds dominate, more when case variation
+    does). With one seed nothing measures training noise: the interval is over the cases
+    alone, ``se`` the case bootstrap's SD times √(C / (C − 1)), with C − 1 degrees of freedom.
+
+    Args:
+        values: ``[S, C]`` per seed and case.
+        test: also give the p-value against a mean of 0. Defaults to False.
+        resamples: bootstrap resamples. Defaults to `BOOTSTRAP_RESAMPLES`.
+    """
     values = np.asarray(values, dtype=np.float64)
     n_seeds, n_cases = values.shape if values.ndim == 2 else (0, 0)
     if n_seeds == 0 or n_cases == 0:
         return Interval(math.nan, math.nan, math.nan, math.nan, n_seeds, n_cases)
+    from scipy.stats import t as student_t
+
     mean = float(values.mean(axis=1).mean())
-    draws = two_level_bootstrap(values)
-    alpha = (1 - LEVEL) / 2
-    low, high = np.quantile(draws, [alpha, 1 - alpha])
-    se = float(draws.std(ddof=1))
+    units = n_seeds if n_seeds > 1 else n_cases  # what the bootstrap counts as independent draws
+    if units < 2:
+        return Interval(mean, math.nan, math.nan, math.nan, n_seeds, n_cases)
+    draws = two_level_bootstrap(values, resamples)
+    se = float(draws.std(ddof=1)) * math.sqrt(units / (units - 1))
+    if n_seeds > 1:
+        dof = crossed_degrees_of_freedom(values) if n_cases > 1 else float(n_seeds - 1)
+    else:
+        dof = float(n_cases - 1)
+    half = float(student_t.ppf(1 - (1 - LEVEL) / 2, dof)) * se
     p_value = None
     if test and n_seeds >= MIN_SEEDS:
-        from scipy.stats import t as student_t
-
         if se > 0:
-            p_value = float(2 * student_t.sf(abs(mean) / se, n_seeds - 1))
+            p_value = float(2 * student_t.sf(abs(mean) / se, dof))
         else:
             p_value = 1.0 if mean == 0 else 0.0
-    return Interval(mean, float(low), float(high), se, n_seeds, n_cases, p_value)
+    return Interval(mean, mean - half, mean + half, se, n_seeds, n_cases, p_value, dof)
 
 
 def drop_interval(clean: pd.DataFrame, attacked: pd.DataFrame) -> Interval:

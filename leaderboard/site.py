@@ -145,8 +145,9 @@ def _md(text: Any) -> str:
 
 STAR = "\\*"
 STATISTICS_NOTE = (
-    "Intervals: 95 % two-level percentile bootstrap (seeds, then cases within each; 2000 resamples, fixed seed). "
-    "`*`: a drop from the clean baseline whose p-value (t-test on the bootstrap standard error, seeds − 1 degrees of freedom), "
+    "Intervals: 95 % two-level bootstrap t intervals (seeds, and one case draw shared by every drawn seed; 2000 resamples, "
+    "fixed seed; mean ± t · se, se the bootstrap SD × √(S/(S−1)), Satterthwaite's degrees of freedom). "
+    "`*`: a drop from the clean baseline whose p-value (t-test on that standard error, same degrees of freedom), "
     "adjusted by Holm over every drop on the board, is below {alpha}; tested only with at least 3 seeds."
 )
 

@@ -69,6 +69,12 @@ def _number(value: Any, digits: int = 6) -> float | None:
     return round(value, digits) if math.isfinite(value) else None
 
 
+def _p_value(value: Any) -> float | None:
+    """A p-value to 8 significant digits (small ones keep their precision)."""
+    number = _number(value, 17)
+    return float(f"{number:.8g}") if number is not None else None
+
+
 def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
@@ -144,7 +150,7 @@ def _cell_rows(study: _Study) -> None:
             **{f"{m}{suffix}": _number(s[f"{m}{suffix}"]) for m in CURVE_METRICS for suffix in ("", "_ci_low", "_ci_high")},
             "clean_dice": _number(s["dice"]) if s["note"] == "clean baseline" else _number(s["dice_clean"]),
             "drop": _number(s["drop"]), "drop_ci_low": _number(s["drop_ci_low"]), "drop_ci_high": _number(s["drop_ci_high"]),
-            "p_value": _number(s["p_value"], 8), "p_holm": None, "significant": False, "seeds_note": _text(s["note"]),
+            "p_value": _p_value(s["p_value"]), "p_holm": None, "significant": False, "seeds_note": _text(s["note"]),
             "auroc": _number(detection.get("auroc")) if len(detection) else None,
             "ap": _number(detection.get("ap")) if len(detection) else None,
         }
@@ -175,7 +181,7 @@ def analyse(entries: list[Entry]) -> Analysis:
 
     cell_rows = [row for study in studies for row in study.cell_rows.values()]
     for row, adjusted in zip(cell_rows, adjust_p_values([row["p_value"] for row in cell_rows], P_ADJUSTMENT)):
-        row["p_holm"] = _number(adjusted, 8)
+        row["p_holm"] = _p_value(adjusted)
         row["significant"] = bool(adjusted is not None and adjusted < ALPHA and (row["drop"] or 0) > 0)
 
     attacks, curves, segmenters, defenses = [], [], [], []

@@ -15,6 +15,7 @@ from benchmark.analysis import (
     DetectableDifference,
     adjust_p_values,
     clean_baseline,
+    crossed_degrees_of_freedom,
     defense_effect,
     detectable_difference,
     drop_interval,
@@ -98,15 +99,42 @@ def test_fewer_than_three_seeds_give_no_p_value(seeds, note):
     assert hit["drop"] > 0.4 and pd.isna(hit["p_value"]) and pd.isna(hit["significant"]) and hit["note"] == note
 
 
-def test_the_p_value_is_a_t_test_on_the_bootstrap_standard_error():
+def test_the_p_value_is_a_t_test_on_the_corrected_bootstrap_standard_error():
     rng = np.random.default_rng(1)
     clean = pd.DataFrame(0.8 + rng.normal(0, 0.02, (4, 6)))
     attacked = clean - 0.05 + rng.normal(0, 0.02, (4, 6))
     drop = drop_interval(clean, attacked)
-    draws = two_level_bootstrap((clean - attacked).to_numpy())
-    assert drop.se == pytest.approx(draws.std(ddof=1))
-    assert drop.p_value == pytest.approx(2 * student_t.sf(abs(drop.mean) / drop.se, 4 - 1))
-    assert drop.seeds == 4 >= MIN_SEEDS and drop.significant == (drop.p_value < 0.05)
+    difference = (clean - attacked).to_numpy()
+    draws = two_level_bootstrap(difference)
+    assert drop.se == pytest.approx(draws.std(ddof=1) * math.sqrt(4 / 3))
+    assert drop.dof == pytest.approx(crossed_degrees_of_freedom(difference)) and drop.dof >= 3
+    assert drop.p_value == pytest.approx(2 * student_t.sf(abs(drop.mean) / drop.se, drop.dof))
+    half = student_t.ppf(0.975, drop.dof) * drop.se
+    assert (drop.ci_low, drop.ci_high) == pytest.approx((drop.mean - half, drop.mean + half))
+    assert drop.seeds == 4 >= MIN_SEEDS
+
+
+def test_one_bootstrap_case_draw_is_shared_by_every_drawn_seed():
+    # seeds agree, cases differ: a case draw per seed would average the case variation over the seeds
+    values = np.tile(np.linspace(0.2, 0.9, 30), (5, 1))
+    draws = two_level_bootstrap(values, resamples=4000)
+    case_means = np.random.default_rng(0).choice(values[0], size=(4000, 30)).mean(axis=1)
+    assert draws.std() == pytest.approx(case_means.std(), rel=0.1)
+
+
+@pytest.mark.parametrize("seeds", [3, 5])
+def test_intervals_cover_and_tests_hold_their_level_over_seeds_and_cases(seeds):
+    # 200 synthetic studies: seed SD 0.02, case SD 0.15, seed x case SD 0.02, true mean 0
+    rng = np.random.default_rng(2024)
+    covered = false_positives = 0
+    studies = 200
+    for _ in range(studies):
+        values = rng.normal(0, 0.02, (seeds, 1)) + rng.normal(0, 0.15, (1, 30)) + rng.normal(0, 0.02, (seeds, 30))
+        interval = mean_interval(values, test=True, resamples=400)
+        covered += interval.ci_low <= 0.0 <= interval.ci_high
+        false_positives += interval.p_value < 0.05
+    assert covered / studies >= 0.9
+    assert false_positives / studies <= 0.08
 
 
 def test_intervals_count_training_noise_and_are_reproducible():
