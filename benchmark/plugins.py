@@ -36,6 +36,7 @@ __all__ = [
     "Segmenter",
     "select_cases",
     "poison_order",
+    "case_generators",
 ]
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -42,7 +42,6 @@ __all__ = [
     "VolumeSource",
     "normalise_channel",
     "read_nifti",
-    "zscore",
     "zscore_over",
     "brain_mask",
     "select_slices",
@@ -50,6 +49,10 @@ __all__ = [
     "folder_fingerprint",
     "StreamingArray",
     "load_mapped_sliceset",
+    "list_nifti",
+    "strip_ending",
+    "read_json",
+    "invert",
 ]
 
 logger = logging.getLogger(__name__)
@@ -153,25 +156,6 @@ def read_nifti(path: Path, what: str = "image") -> tuple[np.ndarray, np.ndarray]
             f"{path}: cannot read this {what} as NIfTI ({type(exc).__name__}: {exc}); the file may be truncated or not NIfTI."
         ) from None
     return np.asarray(data), affine
-
-
-def zscore(volume: np.ndarray) -> np.ndarray:
-    """Z-score a volume over its non-zero voxels; zero voxels (background) stay 0.
-
-    Args:
-        volume: float array, any shape (one channel).
-
-    Returns:
-        float32 array of the same shape.
-    """
-    out = np.zeros(volume.shape, dtype=np.float32)
-    mask = volume != 0
-    if not mask.any():
-        return out
-    values = volume[mask].astype(np.float64)
-    mean, std = values.mean(), values.std()
-    out[mask] = ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)
-    return out
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
@@ -520,7 +504,3 @@ def invert(mapping: dict[int, int]) -> dict[int, int]:
     for source, common in sorted(mapping.items()):
         out.setdefault(int(common), int(source))
     return out
-
-
-def iter_cases(cases: Iterable[CaseFiles]) -> list[str]:
-    return [c.case_id for c in cases]
