@@ -40,14 +40,18 @@ Tests: the p-value of a drop is two-sided, from ``t = drop / se`` against Studen
 the interval's ``df``. It is given only with at least `MIN_SEEDS` seeds (one training run
 says nothing about training noise); with fewer, tables say "1 seed" / "2 seeds" instead.
 
-Detectable difference (`detectable_difference`): the smallest Dice difference between
-two groups of ``n`` seeds a two-sided test at level `ALPHA` finds with power `POWER`:
+Detectable difference (`detectable_difference`): the smallest drop the study's paired test
+(above) finds with power `POWER` at two-sided level `ALPHA`, from the study's own spread:
 
-    δ = (t[1 − α/2, n − 1] + t[power, n − 1]) · s · √(2 / n)
+    δ = (t[1 − α/2, n − 1] + t[power, n − 1]) · SE,    SE = √(v / n),
+    v = Σ_k (n_k − 1) · n_k · se_k² / Σ_k (n_k − 1)
 
-where ``s`` is the pooled standard deviation over seeds of the cell means (pooled over
-every group with two seeds or more) and ``n`` the study's number of seeds. A recovery is
-given only where the attack's damage exceeds ``max(δ, RECOVERY_MIN_DAMAGE)``.
+over every drop k of the study (each group against its clean baseline) with n_k ≥ 2
+paired seeds, se_k being that drop's standard error (the corrected two-level bootstrap
+above, so it holds the per-seed variation of the paired differences and their case
+component). ``v`` is the pooled per-seed variance of a drop, ``n`` the study's number of
+seeds. A recovery is given only where the attack's damage exceeds ``max(δ,
+RECOVERY_MIN_DAMAGE)``; with δ unknown (one seed) it is empty.
 """
 
 from __future__ import annotations
@@ -431,9 +435,10 @@ def clean_baseline(groups: Iterable[tuple], segmenter: str, attack: str) -> tupl
 # -- detectable difference -------------------------------------------------------------------
 @dataclass(frozen=True)
 class DetectableDifference:
-    """The smallest Dice difference a study could detect (see the module doc for the formula).
+    """The smallest Dice drop a study could detect (see the module doc for the formula).
 
-    ``delta`` and ``sd`` are None with fewer than two seeds.
+    ``delta``, ``sd`` (pooled per-seed standard deviation of a paired drop) and ``se`` (its
+    standard error over the study's seeds) are None with fewer than two seeds.
     """
 
     delta: float | None
@@ -441,38 +446,57 @@ class DetectableDifference:
     seeds: int
     alpha: float = ALPHA
     power: float = POWER
+    se: float | None = None
 
     def describe(self) -> str:
         if self.delta is None:
-            return (f"smallest detectable Dice difference: unknown with {seeds_note(self.seeds) or self.seeds} "
-                    f"(needs ≥ 2 seeds; ≥ {MIN_SEEDS} for significance)")
+            if self.seeds < 2:
+                return (f"smallest detectable Dice difference: unknown with {seeds_note(self.seeds) or self.seeds} "
+                        f"(needs ≥ 2 seeds; ≥ {MIN_SEEDS} for significance)")
+            return "smallest detectable Dice difference: unknown (no drop against a clean cell with 2 seeds or more)"
         return (f"smallest detectable Dice difference: {self.delta:.3f} (power {self.power:.0%}, two-sided α = {self.alpha:g}, "
-                f"{self.seeds} seeds, seed-to-seed SD {self.sd:.3f})")
+                f"{self.seeds} seeds, pooled standard error of a paired drop {self.se:.3f})")
 
 
-def detectable_difference(cases: pd.DataFrame, metric: str = "dice", alpha: float = ALPHA, power: float = POWER) -> DetectableDifference:
-    """δ = (t[1 − α/2, n − 1] + t[power, n − 1]) · s · √(2 / n) from the study's own seed-to-seed spread.
+def _drop_intervals(cases: pd.DataFrame, metric: str = "dice") -> dict[tuple, Interval]:
+    """Every group's drop against its clean baseline (`drop_interval`), by group key."""
+    tables = _matrices(cases, metric)
+    drops = {}
+    for key, table in tables.items():
+        clean = clean_baseline(tables, key[0], key[1])
+        if clean is not None and clean != key:
+            drops[key] = drop_interval(tables[clean], table)
+    return drops
+
+
+def detectable_difference(cases: pd.DataFrame, metric: str = "dice", alpha: float = ALPHA, power: float = POWER,
+                          drops: Iterable[Interval] | None = None) -> DetectableDifference:
+    """δ = (t[1 − α/2, n − 1] + t[power, n − 1]) · SE, SE the pooled standard error of the study's paired drops.
 
     Args:
         cases: the case table.
         metric: the metric. Defaults to ``dice``.
         alpha: two-sided level. Defaults to `ALPHA`.
         power: power. Defaults to `POWER`.
+        drops: the study's drop intervals, when already worked out. Defaults to those of ``cases``.
     """
     seeds = int(cases["seed"].nunique()) if not cases.empty else 0
-    squares, dof = 0.0, 0
-    for table in _matrices(cases, metric).values():
-        means = table.dropna(axis=1).mean(axis=1).dropna()
-        if len(means) >= 2:
-            squares += float(((means - means.mean()) ** 2).sum())
-            dof += len(means) - 1
-    if seeds < 2 or dof == 0:
+    if seeds < 2:
+        return DetectableDifference(None, None, seeds, alpha, power)
+    found = list(drops) if drops is not None else list(_drop_intervals(cases, metric).values())
+    squares, weights = 0.0, 0
+    for drop in found:
+        if drop.seeds >= 2 and math.isfinite(drop.se):
+            squares += (drop.seeds - 1) * drop.seeds * drop.se**2
+            weights += drop.seeds - 1
+    if weights == 0:
         return DetectableDifference(None, None, seeds, alpha, power)
     from scipy.stats import t as student_t
 
-    sd = math.sqrt(squares / dof)
-    delta = (student_t.ppf(1 - alpha / 2, seeds - 1) + student_t.ppf(power, seeds - 1)) * sd * math.sqrt(2 / seeds)
-    return DetectableDifference(float(delta), sd, seeds, alpha, power)
+    sd = math.sqrt(squares / weights)
+    se = sd / math.sqrt(seeds)
+    delta = (student_t.ppf(1 - alpha / 2, seeds - 1) + student_t.ppf(power, seeds - 1)) * se
+    return DetectableDifference(float(delta), sd, seeds, alpha, power, se)
 
 
 # -- summary.csv -------------------------------------------------------------------------------

@@ -177,7 +177,8 @@ def analyse(entries: list[Entry]) -> Analysis:
             _cell_rows(study)
             studies.append(study)
             detectable_rows.append({"entry": entry.entry_id, "dataset": study.dataset, "seeds": detectable.seeds,
-                                    "detectable_difference": _number(detectable.delta), "seed_sd": _number(detectable.sd)})
+                                    "detectable_difference": _number(detectable.delta), "drop_sd": _number(detectable.sd),
+                                    "drop_se": _number(detectable.se), "text": detectable.describe()})
 
     cell_rows = [row for study in studies for row in study.cell_rows.values()]
     for row, adjusted in zip(cell_rows, adjust_p_values([row["p_value"] for row in cell_rows], P_ADJUSTMENT)):

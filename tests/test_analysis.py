@@ -153,29 +153,43 @@ def test_holm_and_benjamini_hochberg_by_hand():
         adjust_p_values([0.1], "bonferroni-ish")
 
 
-def test_detectable_difference_formula():
-    # per-seed cell means: clean 0.80, 0.82, 0.84 (SD 0.02); hit 0.50, 0.53, 0.56 (SD 0.03)
-    cells, cases = _tables({CLEAN: _flat({0: 0.80, 1: 0.82, 2: 0.84}), HIT: _flat({0: 0.50, 1: 0.53, 2: 0.56})})
+def test_detectable_difference_follows_the_paired_drop_not_the_spread_of_cell_means():
+    # seeds move clean and attacked Dice together (cell means spread by 0.05): the paired drop hardly moves
+    shift = {0: 0.0, 1: 0.05, 2: 0.10}
+    cells, cases = _tables({
+        CLEAN: _flat({s: 0.70 + v for s, v in shift.items()}),
+        HIT: _flat({s: 0.60 + v + (0.002 if s == 1 else 0.0) for s, v in shift.items()}),
+    })
     found = detectable_difference(cases)
-    pooled = math.sqrt((2 * 0.02**2 + 2 * 0.03**2) / 4)
-    expected = (student_t.ppf(0.975, 2) + student_t.ppf(0.8, 2)) * pooled * math.sqrt(2 / 3)
-    assert found.seeds == 3 and found.sd == pytest.approx(pooled) and found.delta == pytest.approx(expected)
-    assert "0.1" in found.describe() or f"{expected:.3f}" in found.describe()
-    single = detectable_difference(cases[cases["seed"] == 0])
-    assert single.delta is None and "1 seed" in single.describe()
+    drop = drop_interval(*(cases[cases["attack"] == a].pivot_table(index="seed", columns="case", values="dice") for a in ("none", "gan")))
+    assert found.se == pytest.approx(drop.se) and found.sd == pytest.approx(drop.se * math.sqrt(3))
+    assert found.delta == pytest.approx((student_t.ppf(0.975, 2) + student_t.ppf(0.8, 2)) * drop.se)
+    assert found.delta < 0.02  # the seed-to-seed SD of cell means (0.05) would give δ ≈ 0.2
+    assert "1 seed" in detectable_difference(cases[cases["seed"] == 0]).describe()
+
+
+def test_detectable_difference_counts_the_case_component_of_the_drop():
+    # every seed's mean drop is 0.1, but the attack hurts some cases more: the drop still has a standard error
+    per_case = {"a": 0.0, "b": 0.2, "c": 0.05, "d": 0.15}
+    cells, cases = _tables({
+        CLEAN: {s: {c: 0.8 for c in per_case} for s in range(3)},
+        HIT: {s: {c: 0.8 - d for c, d in per_case.items()} for s in range(3)},
+    })
+    found = detectable_difference(cases)
+    assert found.delta is not None and found.delta > 0.05  # pooled SD of cell means is 0 here
 
 
 def test_recovery_only_where_the_damage_exceeds_the_detectable_difference():
     cells, cases = _tables({
         CLEAN: _flat({0: 0.80, 1: 0.82, 2: 0.84}),
-        HIT: _flat({0: 0.74, 1: 0.76, 2: 0.78}),  # damage 0.06
-        FIXED: _flat({0: 0.79, 1: 0.81, 2: 0.83}),
+        HIT: _flat({0: 0.74, 1: 0.78, 2: 0.72}),  # damage 0.06, paired drops 0.06, 0.04, 0.12
+        FIXED: _flat({0: 0.79, 1: 0.84, 2: 0.80}),
     })
-    gated = defense_effect(cells, cases).iloc[0]  # detectable difference ≈ 0.1 with SD 0.02 over 3 seeds
+    gated = defense_effect(cells, cases).iloc[0]
     assert np.isnan(gated["recovery"]) and "not above the detectable difference" in gated["recovery_note"]
-    assert gated["damage"] == pytest.approx(0.06) and gated["detectable_difference"] > 0.06
+    assert gated["damage"] == pytest.approx(0.0733, abs=1e-3) and gated["detectable_difference"] > gated["damage"]
     given = defense_effect(cells, cases, DetectableDifference(0.05, 0.01, 3)).iloc[0]
-    assert given["recovery"] == pytest.approx(0.05 / 0.06) and given["recovery_note"] == ""
+    assert given["recovery"] == pytest.approx((0.81 - 0.7467) / 0.0733, abs=1e-2) and given["recovery_note"] == ""
 
 
 def test_clean_cost_at_rate_zero():

@@ -92,9 +92,9 @@ def test_export_add_build_round_trip(results_dir, tmp_path, capsys):
     assert defense["clean_cost"] == pytest.approx(0.01, abs=1e-6)
     assert [p["rate"] for p in defense["points"]] == [0.25, 0.5, 1.0]
     assert [p["recovered"] for p in defense["points"]] == pytest.approx([0.015, 0.05, 0.15], abs=1e-6)
-    # the defense wins back half of each rate's drop
-    assert [p["recovery"] for p in defense["points"]] == pytest.approx([0.5, 0.5, 0.5], abs=1e-6)
-    assert defense["mean_recovery"] == pytest.approx(0.5, abs=1e-6)
+    # two seeds cannot tell these damages from training noise (t with 1 degree of freedom): no recovery, with the reason
+    assert all(p["recovery"] is None and "not above the detectable difference" in p["recovery_note"] for p in defense["points"])
+    assert defense["mean_recovery"] is None
     (segmenter,) = data["segmenters"]
     assert segmenter["drops"][attack["attack"]] == pytest.approx(0.10, abs=1e-3)
 
