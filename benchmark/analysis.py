@@ -579,21 +579,23 @@ def recovery(dice: float, dice_without: float, dice_clean: float, threshold: flo
         dice: the defended group's Dice.
         dice_without: the undefended group's Dice at the same rate.
         dice_clean: the clean baseline's Dice.
-        threshold: the study's detectable difference, or None when it is unknown (< 2 seeds).
+        threshold: the study's detectable difference, or None when it is unknown (< 2 seeds): then no
+            recovery is given.
         seeds: paired seeds of the comparison.
 
     Returns:
         ``(recovery, note)``; the note says why a recovery is empty, or that it rests on too few seeds.
     """
     damage = dice_clean - dice_without
-    floor = max(RECOVERY_MIN_DAMAGE, threshold) if threshold is not None else RECOVERY_MIN_DAMAGE
     if not math.isfinite(damage):
         return math.nan, "no clean cell"
+    if threshold is None:
+        return math.nan, f"detectable difference unknown ({seeds_note(seeds) or f'{seeds} seeds'})"
+    floor = max(RECOVERY_MIN_DAMAGE, threshold)
     if damage <= floor:
-        what = "the detectable difference" if threshold is not None and threshold >= RECOVERY_MIN_DAMAGE else "the minimum damage"
+        what = "the detectable difference" if threshold >= RECOVERY_MIN_DAMAGE else "the minimum damage"
         return math.nan, f"damage {damage:.3f} not above {what} {floor:.3f}"
-    note = "" if seeds >= MIN_SEEDS else f"{seeds_note(seeds)}: damage not tested against training noise" if threshold is None else seeds_note(seeds)
-    return (dice - dice_without) / damage, note
+    return (dice - dice_without) / damage, seeds_note(seeds)
 
 
 def defense_effect(cells: pd.DataFrame, cases: pd.DataFrame, detectable: DetectableDifference | None = None) -> pd.DataFrame:

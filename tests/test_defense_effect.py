@@ -102,7 +102,17 @@ def test_the_none_attack_is_the_preferred_clean_reference(tmp_path, with_own_cle
         store.write(_record("hit", 0.5, {"name": "none"}, 0, 0.4))
         store.write(_record("fix", 0.5, {"name": "spectral"}, 0, 0.7))
         row = defense_effect_frame(store.runs(), store.case_metrics()).set_index("attack").loc["gan-synthetic"]
-        assert row["dice_clean"] == pytest.approx(0.8) and row["recovery"] == pytest.approx(0.75)
+        assert row["dice_clean"] == pytest.approx(0.8) and row["damage"] == pytest.approx(0.4)
+
+
+def test_one_seed_gives_no_recovery_however_large_the_damage(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        store.write(_record("clean", 0.0, {"name": "none"}, 0, 0.8))
+        store.write(_record("hit", 0.5, {"name": "none"}, 0, 0.2))
+        store.write(_record("fix", 0.5, {"name": "spectral"}, 0, 0.7))
+        row = defense_effect_frame(store.runs(), store.case_metrics()).iloc[0]
+    assert row["damage"] == pytest.approx(0.6) and np.isnan(row["recovery"])
+    assert row["recovery_note"] == "detectable difference unknown (1 seed)"
 
 
 def test_no_recovery_ratio_over_a_negligible_damage(tmp_path):
