@@ -39,6 +39,8 @@ noise.
 Tests: the p-value of a drop is two-sided, from ``t = drop / se`` against Student's t with
 the interval's ``df``. It is given only with at least `MIN_SEEDS` seeds (one training run
 says nothing about training noise); with fewer, tables say "1 seed" / "2 seeds" instead.
+``significant`` (in ``summary.csv`` and the printed tables) is Holm's adjusted p-value over
+the study's drops below `ALPHA`; ``p_value`` stays the raw one, ``p_holm`` the adjusted one.
 
 Detectable difference (`detectable_difference`): the smallest drop the study's paired test
 (above) finds with power `POWER` at two-sided level `ALPHA`, from the study's own spread:
@@ -511,9 +513,10 @@ def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
 
     ``dice`` and its interval are over the group's seeds and cases; ``drop`` is against
     the same segmenter's clean baseline over the seeds and cases both have (empty on the
-    baseline itself); ``p_value`` and ``significant`` are empty with fewer than
+    baseline itself); ``p_value`` (raw) and ``significant`` are empty with fewer than
     `MIN_SEEDS` paired seeds (``note`` says "1 seed" / "2 seeds" then); ``p_holm`` is
-    the p-value adjusted by Holm over the table's drops.
+    the p-value adjusted by Holm over the study's drops (the table's), and
+    ``significant`` is ``p_holm < ALPHA``.
     """
     columns = [*SUMMARY_COLUMNS, *SUMMARY_EXTRA_COLUMNS]
     if cases.empty:
@@ -549,6 +552,7 @@ def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     frame = pd.DataFrame(rows, columns=columns)
     frame["p_holm"] = adjust_p_values([None if pd.isna(p) else float(p) for p in frame["p_value"]])
+    frame["significant"] = [None if pd.isna(p) else bool(p < ALPHA) for p in frame["p_holm"]]
     frame["significant"] = frame["significant"].astype(object)
     return frame.sort_values(["segmenter", "attack", "defense", "rate"], kind="stable").reset_index(drop=True)
 

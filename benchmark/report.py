@@ -6,6 +6,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from .analysis import ALPHA, MIN_SEEDS
 from .metrics import METRICS, aggregate
 from .store import ResultStore
 
@@ -66,13 +67,19 @@ def print_summary(frame: pd.DataFrame, console: Console, title: str = "poisonben
     console.print(table)
 
 
-def print_study_summary(frame: pd.DataFrame, console: Console, title: str = "over seeds and cases (summary.csv)") -> None:
+STUDY_TITLE = "over seeds and cases (summary.csv)"
+
+
+def print_study_summary(frame: pd.DataFrame, console: Console, title: str = STUDY_TITLE) -> None:
     """Render `benchmark.analysis.summary_table`: Dice and its drop from the clean cell, with intervals and tests.
 
     Where a comparison has fewer than three seeds the p-value column says "1 seed" or
-    "2 seeds": such a drop is not tested against training noise.
+    "2 seeds": such a drop is not tested against training noise. A star marks a drop
+    whose Holm-adjusted p-value (over the study's drops) is below `ALPHA` (``significant``).
     """
-    table = Table(title=title, header_style="bold")
+    caption = (f"* significant: Holm-adjusted p < {ALPHA:g} over the study's drops (p: raw, two-sided); "
+               f"tested only with ≥ {MIN_SEEDS} seeds")
+    table = Table(title=title, caption=caption, header_style="bold")
     share = "poisoned_share" in frame and frame["poisoned_share"].notna().any()
     columns = ["segmenter", "attack", "rate", *(["poisoned share"] if share else []), "defense", "seeds", "cases",
                "dice [95 % CI]", "drop [95 % CI]", "p", "p (Holm)"]

@@ -92,6 +92,29 @@ def test_drop_pairs_seeds_and_cases_with_the_clean_cell():
     assert pd.isna(summary.loc["none", "drop"]) and summary.loc["none", "note"] == "clean baseline"
 
 
+def test_significant_follows_holm_over_the_study_s_drops():
+    # four drops of 0.03 (per seed 0.02, 0.03, 0.04): each raw p ≈ 0.035 < 0.05, Holm over four is ≈ 0.14
+    groups = {CLEAN: _flat({0: 0.80, 1: 0.80, 2: 0.80})}
+    groups.update({("unet", "gan", rate, "none"): _flat({0: 0.78, 1: 0.77, 2: 0.76}) for rate in (0.1, 0.2, 0.3, 0.4)})
+    summary = summary_table(*_tables(groups))
+    drops = summary[summary["attack"] == "gan"]
+    assert (drops["p_value"] < 0.05).all()
+    assert drops["p_holm"].tolist() == pytest.approx(adjust_p_values(drops["p_value"].tolist()))
+    assert (drops["p_holm"] > 0.05).all() and not drops["significant"].any()
+    # alone, the same drop is significant
+    alone = summary_table(*_tables({CLEAN: groups[CLEAN], HIT: groups[("unet", "gan", 0.1, "none")]}))
+    assert alone.set_index("attack").loc["gan", "significant"] is True
+    # the printed table stars only what summary.csv calls significant, and says how
+    from rich.console import Console
+
+    from benchmark.report import print_study_summary
+
+    console = Console(record=True, width=250)
+    print_study_summary(summary, console)
+    printed = console.export_text()
+    assert "+0.030 [" in printed and "+0.030* [" not in printed and "Holm-adjusted p < 0.05 over the study's drops" in printed
+
+
 @pytest.mark.parametrize("seeds, note", [(1, "1 seed"), (2, "2 seeds")])
 def test_fewer_than_three_seeds_give_no_p_value(seeds, note):
     cells, cases = _tables({CLEAN: _flat({s: 0.8 + s / 100 for s in range(seeds)}), HIT: _flat({s: 0.3 for s in range(seeds)})})
