@@ -98,6 +98,7 @@ class CrossModalDefense(Defense):
         return features, data.images[:, data.channel_index(target)].astype(np.float32), head_mask(data.images)
 
     def _fit_one(self, x: np.ndarray, y: np.ndarray, head: np.ndarray, seed: int):
+        """One fold's regressor; ``seed`` < 2**32, as scikit-learn requires."""
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         rng = np.random.default_rng(seed)
@@ -145,7 +146,7 @@ class CrossModalDefense(Defense):
         x, y, head = self._arrays(trusted)
         slice_fold = np.array([self.fold_of[str(c)] for c in trusted.case_ids])
         self.models = [
-            self._fit_one(x[slice_fold != k], y[slice_fold != k], head[slice_fold != k], self.context.seed * 100 + k)
+            self._fit_one(x[slice_fold != k], y[slice_fold != k], head[slice_fold != k], _fold_seed(self.context.seed, k))
             for k in range(folds)
         ]
         ref_cases, feats = self.residuals(trusted)
@@ -156,3 +157,8 @@ class CrossModalDefense(Defense):
             raise RuntimeError("cross-modal: call fit() first")
         cases, feats = self.residuals(train)
         return dict(zip(cases, map(float, self.reference.score(feats, cases))))
+
+
+def _fold_seed(seed: int, fold: int) -> int:
+    """A seed in ``[0, 2**32)`` for fold ``fold`` (scikit-learn refuses larger ones; cell seeds may be up to 2**63)."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
