@@ -47,8 +47,15 @@ def report_console(stderr: bool = False, quiet: bool = False) -> Console:
     return console
 
 
-def print_summary(frame: pd.DataFrame, console: Console, title: str = "poisonbench results") -> None:
-    """Render the summary as a rich table: mean [95 % CI] per metric."""
+CELL_TITLE = "per cell: mean [95 % CI over validation cases, one training run]"
+
+
+def print_summary(frame: pd.DataFrame, console: Console, title: str = CELL_TITLE) -> None:
+    """Render the summary as a rich table: mean [95 % CI] per metric.
+
+    The interval of a cell resamples its validation cases alone: it says nothing about
+    training noise (`print_study_summary` does, over seeds and cases).
+    """
     table = Table(title=title, header_style="bold")
     for column in ("segmenter", "attack", "rate", "defense", "seed", "cases"):
         table.add_column(column, justify="right" if column in ("rate", "seed", "cases") else "left")

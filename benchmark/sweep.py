@@ -84,9 +84,12 @@ def run_sweep(
 
     Results are written to ``OUT/results.sqlite`` one transaction per cell, then
     ``OUT/results.csv``, ``attacks.csv``, ``detection.csv``, ``defenses.csv`` and
-    ``summary.csv`` (of this sweep's study, recorded in the database), and the summary
-    tables and the smallest detectable Dice difference are printed (per cell; per defense when the sweep has one). One run at a
-    time holds the output folder (see `benchmark.locking`).
+    ``summary.csv``, all of this sweep's study (every cell of it stored in the folder,
+    whichever run finished it: the same tables `bench report` writes), and the per-cell
+    table (this run's cells, intervals over validation cases), the study table over seeds
+    and cases, the defense table when the sweep has defenses and the smallest detectable
+    Dice difference are printed. One run at a time holds the output folder (see
+    `benchmark.locking`).
     """
     console = console or Console(stderr=True)
     out_dir = Path(out if out is not None else config.out)
@@ -141,14 +144,16 @@ def run_sweep(
                     console.print(f"[red]{len(lost)} cell(s) lost their worker and did not finish; run again to resume them.[/]")
         elif not quiet:
             console.print(f"all {len(plan.cells)} cells already finished in {out_dir}; nothing to run (use --force to rerun).")
-        runs, metrics = store.runs(keys), store.case_metrics(keys)  # read once for every table
-        tables = write_sweep_tables(runs, metrics, out_dir)
-        summary = summarise(runs, metrics)
+        # the tables cover the whole study (every seed run into this folder), as `bench report` does;
+        # the per-cell table and the exit code cover this run's cells
+        study_keys = store.study_cells(study_key(study))
+        tables = write_sweep_tables(store.runs(study_keys), store.case_metrics(study_keys), out_dir)
+        summary = summarise(store.runs(keys), store.case_metrics(keys))
         if ran:
             draw_dose_response(tables["summary"], out_dir / "figures")
     if not quiet:
         print_summary(summary, console)
-        if tables["summary"]["seeds"].gt(1).any() or len(tables["summary"]) < len(summary):
+        if not tables["summary"].empty:
             print_study_summary(tables["summary"], console)
         if not tables["defenses"].empty:
             print_defense_effect(tables["defenses"], console)

@@ -125,3 +125,25 @@ def test_unknown_input_channel_is_a_config_error(tiny_config, write_config, tmp_
 def test_usage_errors_exit_2(capsys):
     assert main(["frobnicate"]) == 2
     assert main(["run", "--no-such-flag"]) == 2
+
+
+@pytest.mark.slow
+def test_run_and_report_write_the_same_study_tables_over_every_seed(tiny_config, write_config, tmp_path, capsys):
+    tiny_config["attacks"] = [{"name": "none", "rates": [0]}, {"name": "noise", "rates": [0.5]}]
+    out = tmp_path / "out"
+    assert main(["run", str(write_config(tiny_config)), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    # one seed: the study table is printed too, with "1 seed" where a p-value would be
+    assert "per cell: mean [95 % CI over validation cases, one training run]" in err
+    assert "over seeds and cases (summary.csv)" in err and "1 seed" in err
+
+    tiny_config["seeds"] = [1]  # the same study, another seed, into the same folder
+    assert main(["run", str(write_config(tiny_config)), "--out", str(out), "--quiet"]) == 0
+    after_run = {name: (out / name).read_text() for name in ("summary.csv", "defenses.csv", "results.csv")}
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["seeds"]) == {2} and set(summary["seed_list"]) == {"0 1"}
+    assert sorted(summary["note"]) == ["2 seeds", "clean baseline"] and summary["p_value"].isna().all()
+    assert pd.read_csv(out / "results.csv")["seed"].tolist().count(0) == pd.read_csv(out / "results.csv")["seed"].tolist().count(1)
+
+    assert main(["report", "--out", str(out)]) == 0
+    assert (out / "summary.csv").read_text() == after_run["summary.csv"]
