@@ -146,7 +146,9 @@ def plot_dose_response(summary: pd.DataFrame, attack: str, path: Path, title: st
             if metric not in part or part[metric].isna().all():
                 continue
             x = part["rate"].astype(float).to_numpy() * 100
-            line = ax.plot(x, part[metric].astype(float), marker="o", label=segmenter)[0]
+            seeds = int(part["seeds"].min()) if "seeds" in part and part["seeds"].notna().any() else 0
+            label = f"{segmenter} ({seeds} seed{'s' if seeds != 1 else ''})" if seeds else segmenter
+            line = ax.plot(x, part[metric].astype(float), marker="o", label=label)[0]
             if f"{metric}_ci_low" in part:
                 ax.fill_between(x, part[f"{metric}_ci_low"].astype(float), part[f"{metric}_ci_high"].astype(float),
                                 color=line.get_color(), alpha=0.2, linewidth=0)
@@ -154,8 +156,9 @@ def plot_dose_response(summary: pd.DataFrame, attack: str, path: Path, title: st
                 for rate, value, significant in zip(x, part[metric], part["significant"]):
                     if significant is True:
                         ax.annotate("*", (rate, value), textcoords="offset points", xytext=(0, 5), ha="center", color="#b42318")
-        ax.set_xlabel("poisoned training cases (%)")
-        ax.set_ylabel(f"{metric} (95 % CI over seeds and cases)")
+        # the rate is a share of the attackable cases; trusted cases, never attacked, dilute it
+        ax.set_xlabel("attack rate (% of attackable training cases)")
+        ax.set_ylabel(f"{metric} (mean, 95 % interval)")
         ax.set_title(metric.capitalize(), fontsize=10)
         ax.grid(alpha=0.3)
     if segmenters:
@@ -163,7 +166,16 @@ def plot_dose_response(summary: pd.DataFrame, attack: str, path: Path, title: st
     else:
         axes[0][0].text(0.5, 0.5, "no finished cells", ha="center", transform=axes[0][0].transAxes)
     fig.suptitle(title or f"{attack}: dose response (defense none)", fontsize=11)
-    fig.tight_layout()
+    fig.text(0.5, 0.005, _interval_caption(rows), ha="center", va="bottom", fontsize=8, color="#555555")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def _interval_caption(rows: pd.DataFrame) -> str:
+    """What the bands count: seeds and cases, or validation cases alone for one training run."""
+    seeds = int(rows["seeds"].min()) if "seeds" in rows and rows["seeds"].notna().any() else 0
+    if seeds >= 2:
+        return f"bands: 95 % intervals over {seeds} seeds and the validation cases; * Holm-significant drop"
+    return "bands: 95 % intervals over validation cases only (1 training run: training noise not counted)"
