@@ -128,7 +128,8 @@ def _safe_link(link: str) -> str | None:
 
 def _figure(row: dict[str, Any], points: list[tuple[float, dict[str, Any]]], path: Path) -> None:
     """The attack's dose-response curve, drawn by `benchmark.plot_dose_response` (the one plotter)."""
-    frame = pd.DataFrame([{**point, "attack": row["attack"], "rate": rate} for rate, point in points])
+    # the board lists a cell's seeds; the plotter counts them
+    frame = pd.DataFrame([{**point, "seeds": len(point.get("seeds") or []), "attack": row["attack"], "rate": rate} for rate, point in points])
     title = f"{row['segmenter'].split(' (')[0]} | {row['attack']}"
     benchmark.plot_dose_response(frame, row["attack"], path, title=title if len(title) <= 60 else title[:57] + "...")
 
@@ -152,6 +153,19 @@ STATISTICS_NOTE = (
 )
 
 
+def _submitter_of(analysis: Analysis, entry: str) -> str:
+    return next((e["name"] or e["entry"] for e in analysis.entries if e["entry"] == entry), entry)
+
+
+def _detectable_text(row: dict[str, Any]) -> str:
+    """One line on an entry's smallest detectable Dice difference (`benchmark.DetectableDifference`)."""
+    seeds = row["seeds"]
+    if row.get("detectable_difference") is None:
+        return f"smallest detectable Dice difference unknown ({seeds} seed{'' if seeds == 1 else 's'})"
+    return (f"smallest detectable Dice difference {_fmt(row['detectable_difference'])} ({seeds} seeds, 80 % power, "
+            f"two-sided α = {ALPHA}; pooled standard error of a paired drop {_fmt(row.get('drop_se'))})")
+
+
 def markdown_board(analysis: Analysis, generated: str) -> str:
     """The boards as GitHub-flavoured Markdown (drop-in for a README)."""
     lines = ["# poisonbench leaderboard", "", f"_Built {generated}. {STATISTICS_NOTE.format(alpha=ALPHA)}_", ""]
@@ -164,7 +178,10 @@ def markdown_board(analysis: Analysis, generated: str) -> str:
             lines.append("| " + " | ".join("" for _ in header) + " |")
         lines.append("")
 
-    lines += ["## Attacks", ""]
+    lines += ["## Detectable differences", ""]
+    lines += [f"- {_md(_submitter_of(analysis, d['entry']))}, {_md(d['dataset'])}: {_detectable_text(d)}"
+              for d in analysis.detectable or []] or ["- no entries"]
+    lines += ["", "## Attacks", ""]
     table(
         ["entry", "status", "segmenter", "attack", "clean Dice", "Dice at each rate", "AUC", "rate @5 %"],
         [
@@ -177,21 +194,25 @@ def markdown_board(analysis: Analysis, generated: str) -> str:
             for r in analysis.attacks
         ],
     )
-    lines += ["## Defenses", ""]
+    lines += ["## Defenses", "", "_Mean recovery: the mean over the poisoned rates of the per-rate recoveries (each a ratio of "
+              "paired means), over the rates where the damage exceeds the detectable difference._", ""]
     table(
-        ["entry", "status", "segmenter", "attack", "defense", "AUROC", "AP", "mean Dice recovered", "mean recovery", "clean cost"],
+        ["entry", "status", "segmenter", "attack", "defense", "AUROC", "AP", "mean Dice recovered", "mean of per-rate recoveries",
+         "clean cost"],
         [
             [_md(r["submitter"] or r["entry"]), r["status"], _md(r["segmenter"]), _md(r["attack"]), _md(r["defense"]), _fmt(r["auroc"]),
              _fmt(r["ap"]), _fmt(r["mean_recovered"]), _fmt(r["mean_recovery"]), _fmt(r["clean_cost"])]
             for r in analysis.defenses
         ],
     )
-    lines += ["## Segmenters", ""]
+    lines += ["## Segmenters", "", "_Paired drop from the clean cell at rate 0.5 (over the seeds and cases both have); "
+              "~ marks one interpolated between the paired drops of the neighbouring rates where no cell ran at 0.5._", ""]
     table(
-        ["entry", "status", "segmenter", "clean Dice", *[f"drop @0.5 {_md(a)}" for a in analysis.attack_names], "mean drop"],
+        ["entry", "status", "segmenter", "clean Dice", *[f"paired drop @0.5 {_md(a)}" for a in analysis.attack_names], "mean drop"],
         [
             [_md(r["submitter"] or r["entry"]), r["status"], _md(r["segmenter"]), _fmt(r["clean_dice"]),
-             *[_fmt(r["drops"].get(a)) for a in analysis.attack_names], _fmt(r["mean_drop"])]
+             *[("~" if a in r.get("drops_interpolated", []) else "") + _fmt(r["drops"].get(a)) for a in analysis.attack_names],
+             _fmt(r["mean_drop"])]
             for r in analysis.segmenters
         ],
     )
@@ -315,6 +336,7 @@ def _write_site(site: SiteWriter, entries: list[Entry], analysis: Analysis, gene
             safe_link=_safe_link(row["link"]),
             attacks=[r for r in analysis.attacks if r["entry"] == entry.entry_id],
             defenses=[r for r in analysis.defenses if r["entry"] == entry.entry_id],
+            detectable=[r for r in analysis.detectable or [] if r["entry"] == entry.entry_id],
             cells=[r for r in analysis.cells if r["entry"] == entry.entry_id],
             figures=figure_index.get(entry.entry_id, []),
             reports=reports,
@@ -334,6 +356,7 @@ def _write_site(site: SiteWriter, entries: list[Entry], analysis: Analysis, gene
             "defenses": analysis.defenses,
             "segmenters": analysis.segmenters,
             "cells": analysis.cells,
+            "detectable": analysis.detectable or [],
         }
     )
     site.text("leaderboard.json", json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n")

@@ -7,6 +7,13 @@ pairing over seeds and cases, two-level bootstrap intervals, tests and recovery 
 data set. Drops are tested only with at least three seeds (the rows say "1 seed" /
 "2 seeds" otherwise); the p-values of every drop on the board are adjusted together by
 Holm's method, and a star marks a drop whose adjusted p-value is below `ALPHA`.
+
+The segmenters board's drop at `ROBUSTNESS_RATE` is the paired drop of that rate's cell
+(``summary.csv``'s); without such a cell it interpolates the paired drops of the
+neighbouring rates and names the attack in ``drops_interpolated``. A defense row's
+``mean_recovery`` is the mean over the poisoned rates of the per-rate recoveries (each a
+ratio of paired means, `benchmark.defense_effect`), over the rates where one is given.
+Each entry's detectable difference (`benchmark.detectable_difference`) is in ``detectable``.
 """
 
 from __future__ import annotations
@@ -176,7 +183,8 @@ def analyse(entries: list[Entry]) -> Analysis:
                            defense_effect(cell_table, case_table, detectable), names, {})
             _cell_rows(study)
             studies.append(study)
-            detectable_rows.append({"entry": entry.entry_id, "dataset": study.dataset, "seeds": detectable.seeds,
+            detectable_rows.append({"entry": entry.entry_id, "submitter": entry.submitter.get("name", ""),
+                                    "dataset": study.dataset, "seeds": detectable.seeds,
                                     "detectable_difference": _number(detectable.delta), "drop_sd": _number(detectable.sd),
                                     "drop_se": _number(detectable.se), "text": detectable.describe()})
 
@@ -198,6 +206,7 @@ def _attack_rows(study: _Study, attacks: list, curves: list, segmenters: list) -
     undefended = study.summary[study.summary["defense"] == NO_DEFENSE]
     for segmenter in sorted(study.summary["segmenter"].unique()):
         drops: dict[str, float | None] = {}
+        drops_interpolated: list[str] = []
         clean_of_segmenter = None
         mine = undefended[undefended["segmenter"] == segmenter]
         for attack in sorted(set(mine["attack"]) - {NO_ATTACK}):
@@ -223,8 +232,9 @@ def _attack_rows(study: _Study, attacks: list, curves: list, segmenters: list) -
             }
             attacks.append(row)
             curves.append({"row": row, "points": points})
-            at_half = value_at_rate(rates, dice, ROBUSTNESS_RATE) if clean_dice is not None else None
-            drops[attack] = _number(clean_dice - at_half) if at_half is not None else None
+            drops[attack], interpolated = _drop_at(points, ROBUSTNESS_RATE) if clean_dice is not None else (None, False)
+            if interpolated and drops[attack] is not None:
+                drops_interpolated.append(attack)
         if clean_of_segmenter is None:
             clean = study.cell_rows.get((segmenter, NO_ATTACK, 0.0, NO_DEFENSE))
             clean_of_segmenter = clean["dice"] if clean else None
@@ -233,8 +243,24 @@ def _attack_rows(study: _Study, attacks: list, curves: list, segmenters: list) -
             **_identity(study.entry, study.dataset, segmenter),
             "clean_dice": clean_of_segmenter,
             "drops": drops,
+            "drops_interpolated": drops_interpolated,
             "mean_drop": _number(sum(known) / len(known)) if known else None,
         })
+
+
+def _drop_at(points: list[tuple[float, dict[str, Any]]], rate: float) -> tuple[float | None, bool]:
+    """The paired drop from the clean cell at ``rate`` (`benchmark.summary_table`'s), and whether it is interpolated.
+
+    Where no cell ran at ``rate`` the paired drops of the neighbouring rates (0 at the clean
+    cell) are interpolated linearly; None outside the rates run.
+    """
+    for at, point in points:
+        if at == rate and point["drop"] is not None:
+            return _number(point["drop"]), False
+    known = [(at, 0.0 if at == 0.0 and point["drop"] is None else point["drop"]) for at, point in points]
+    known = [(at, drop) for at, drop in known if drop is not None]
+    value = value_at_rate([at for at, _ in known], [drop for _, drop in known], rate)
+    return _number(value), value is not None
 
 
 def _defense_rows(study: _Study, defenses: list) -> None:

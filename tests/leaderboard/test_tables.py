@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import copy
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -83,3 +85,49 @@ def test_one_seed_entries_say_so_instead_of_a_star(bundle):
     drops = [r for r in analysis.cells if r["drop"] is not None]
     assert drops and all(r["p_value"] is None and r["seeds_note"] == "1 seed" and not r["significant"] for r in drops)
     assert analysis.detectable[0]["detectable_difference"] is None
+
+
+def test_segmenters_drop_is_the_paired_drop_of_the_rate_half_cell(three_seeds):
+    # the clean cell has a fourth seed that scored 0.2 lower: an unpaired clean mean would shrink the drop by 0.05
+    bundle = leaderboard.export_bundle(three_seeds)
+    clean = next(c for c in bundle["cells"] if c["config"]["rate"] == 0 and c["config"]["defense"]["name"] == "none"
+                 and c["config"]["attack"]["name"] == "none")
+    extra = copy.deepcopy(clean)
+    extra["key"], extra["config"]["seed"] = "f" * 20, 3
+    for case in extra["cases"]:
+        case["dice"] -= 0.2
+    bundle["cells"].append(extra)
+    analysis = analyse([Entry("e", None, bundle, "", None)])
+    (segmenter,) = analysis.segmenters
+    (noise,) = [a for a in analysis.attacks if a["attack_name"] == "noise"]
+    half = next(p for p in noise["points"] if p["rate"] == 0.5)
+    assert segmenter["drops"][noise["attack"]] == pytest.approx(half["drop"], abs=1e-6) == pytest.approx(0.10, abs=2e-3)
+    assert segmenter["drops_interpolated"] == []
+
+
+def test_segmenters_drop_between_rates_is_interpolated_and_says_so(three_seeds):
+    bundle = leaderboard.export_bundle(three_seeds)
+    bundle["cells"] = [c for c in bundle["cells"] if c["config"]["rate"] != 0.5]
+    (segmenter,) = analyse([Entry("e", None, bundle, "", None)]).segmenters
+    (attack,) = [a for a in segmenter["drops"]]
+    # paired drops 0.03 at 0.25 and 0.30 at 1.0: 0.03 + (0.5 − 0.25) / 0.75 · 0.27
+    assert segmenter["drops"][attack] == pytest.approx(0.03 + 0.27 / 3, abs=2e-3)
+    assert segmenter["drops_interpolated"] == [attack]
+
+
+def test_site_shows_each_entry_s_detectable_difference(three_seeds, helpers, tmp_path):
+    bundle = helpers.reseal(leaderboard.export_bundle(three_seeds, {"name": "Lab A", "affiliation": "", "link": ""},
+                                                      created="2025-01-01T00:00:00+00:00"))
+    board = leaderboard.Board(tmp_path / "board")
+    board.add(helpers.dump(bundle, tmp_path / "a.json"))
+    result = leaderboard.build_site(board, tmp_path / "site", now="2025-01-01T00:00:00+00:00")
+    (row,) = result.analysis.detectable
+    assert row["detectable_difference"] is not None and row["seeds"] == 3
+    shown = f"smallest detectable Dice difference {row['detectable_difference']:.3f} (3 seeds"
+    site = tmp_path / "site"
+    assert shown in (site / "leaderboard.md").read_text() and shown in (site / "index.html").read_text()
+    (page,) = (site / "entries").glob("*.html")
+    assert shown in page.read_text()
+    assert json.loads((site / "leaderboard.json").read_text())["detectable"][0]["detectable_difference"] == pytest.approx(
+        row["detectable_difference"])
+    assert "mean of per-rate recoveries" in (site / "leaderboard.md").read_text()
