@@ -119,5 +119,6 @@ def helpers():
 
     h = H()
     h.reseal, h.dump, h.write_results, h.recount, h.record = reseal, dump, write_results, recount, _record
+    h.counts_for_dice = counts_for_dice
     h.aggregate_method = AGGREGATE_METHOD
     return h
