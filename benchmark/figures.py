@@ -5,6 +5,8 @@ Both functions write a PNG and return its path; they never open a window.
 
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +140,7 @@ def plot_dose_response(summary: pd.DataFrame, attack: str, path: Path, title: st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = dose_response_rows(summary, attack) if not summary.empty else summary
-    fig, axes = plt.subplots(1, len(DOSE_METRICS), figsize=(4.2 * len(DOSE_METRICS), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(DOSE_METRICS), figsize=(4.2 * len(DOSE_METRICS), 3.6 + 0.2 * max(rows["segmenter"].nunique() if not rows.empty else 1, 1)), squeeze=False)
     segmenters = sorted(rows["segmenter"].unique()) if not rows.empty else []
     for ax, metric in zip(axes[0], DOSE_METRICS):
         for segmenter in segmenters:
@@ -162,12 +164,15 @@ def plot_dose_response(summary: pd.DataFrame, attack: str, path: Path, title: st
         ax.set_title(metric.capitalize(), fontsize=10)
         ax.grid(alpha=0.3)
     if segmenters:
-        axes[0][0].legend(fontsize=8)
+        # below the panels: segmenter labels carry their parameters and would squeeze an axis
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, [textwrap.shorten(label, 110, placeholder="…") for label in labels],
+                   loc="lower center", bbox_to_anchor=(0.5, 0.06), fontsize=8, frameon=False, ncol=1)
     else:
         axes[0][0].text(0.5, 0.5, "no finished cells", ha="center", transform=axes[0][0].transAxes)
     fig.suptitle(title or f"{attack}: dose response (defense none)", fontsize=11)
     fig.text(0.5, 0.005, _interval_caption(rows), ha="center", va="bottom", fontsize=8, color="#555555")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 + 0.05 * max(len(segmenters), 1), 1, 1))
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
     return path
