@@ -37,7 +37,7 @@ from .config import Cell, ExecutorConfig, SweepConfig, validate_config
 from .errors import BenchError
 from .store import CellRecord
 
-__all__ = ["plugin_modules", "WorkerSpec", "Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "create_executor", "execute_cell"]
+__all__ = ["plugin_modules", "WorkerSpec", "Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "cell_threads", "create_executor", "execute_cell"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +141,7 @@ class ProcessExecutor(Executor):
 
     def __init__(self, spec: WorkerSpec, workers: int, threads: int | None = None):
         self.workers = workers
-        cores = _usable_cores()
-        self.spec = replace(spec, threads=threads or max(1, cores // workers))
+        self.spec = replace(spec, threads=threads or max(1, _usable_cores() // workers))
         self.lost = []
 
     def run(self, cells: list[Cell]) -> Iterator[CellRecord]:
@@ -180,7 +179,7 @@ class RayExecutor(Executor):
         except ImportError:
             raise BenchError("executor.name: 'ray' needs Ray; install it with: pip install 'poisonbench[ray]'") from None
         self.ray = ray
-        self.spec = replace(spec, threads=config.threads or max(1, round(config.num_cpus)))
+        self.spec = replace(spec, threads=cell_threads(config))
         self.config = config
         self.lost = []
 
@@ -219,11 +218,26 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
 
+def cell_threads(config: ExecutorConfig) -> int | None:
+    """The torch thread count a cell of this executor runs under (None: torch's count as it is).
+
+    ``threads`` when set; else ``usable cores // workers`` (``process``), ``round(num_cpus)``
+    (``ray``), or None (``local``). The executors below and `bench data export` follow it.
+    """
+    if config.threads:
+        return int(config.threads)
+    if config.name == "process":
+        return max(1, _usable_cores() // (config.workers or 2))
+    if config.name == "ray":
+        return max(1, round(config.num_cpus))
+    return None
+
+
 def create_executor(config: ExecutorConfig, spec: WorkerSpec, run_local: Callable[[Cell], CellRecord] | None,
                     announce: Callable[[Cell], None] | None = None) -> Executor:
     """The executor named in the config."""
     if config.name == "process":
-        return ProcessExecutor(spec, config.workers or 2, config.threads)
+        return ProcessExecutor(spec, config.workers or 2, cell_threads(config))
     if config.name == "ray":
         return RayExecutor(spec, config)
     if run_local is None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..cache import sha256_file
 from ..errors import BenchError, ConfigError
+from ..executors import cell_threads
 from ..regions import BRATS_2021_TO_COMMON, ED, ET, NCR
 from ..sliceset import SliceSet
 
@@ -220,27 +221,6 @@ def export_poisoned(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
-
-
-def cell_threads(executor: Any) -> int | None:
-    """The torch thread count a sweep cell runs under, by `benchmark.executors`' rule.
-
-    Args:
-        executor: the config's `ExecutorConfig`.
-
-    Returns:
-        ``executor.threads`` when set; else ``usable cores // workers`` (``process``),
-        ``round(num_cpus)`` (``ray``) or None (``local``: torch's count as it is).
-    """
-    from ..executors import _usable_cores
-
-    if executor.threads:
-        return int(executor.threads)
-    if executor.name == "process":
-        return max(1, _usable_cores() // (executor.workers or 2))
-    if executor.name == "ray":
-        return max(1, round(executor.num_cpus))
-    return None
 
 
 @contextmanager
