@@ -26,6 +26,29 @@ Geometry of the output:
 
 Labels follow the BraTS <= 2021 convention: 0 background, 1 necrotic core,
 2 edema, 4 enhancing tumour.
+
+CT is unenhanced by default: the enhancing rim (31 HU) barely differs from white matter
+(29 HU), so nothing in it tells where the rim enhances on T1-Ce. With ``ct_contrast`` it
+is a contrast-enhanced CT after a standard dose of iodinated contrast, each tissue rising
+by :data:`CT_ENHANCEMENT_HU` times a per-case factor in [0.8, 1.2] (dose, timing and
+cardiac output differ between patients):
+
+    * enhancing tumour +30 HU, the middle of the 20-40 HU commonly reported for
+      enhancing high-grade gliomas at standard iodine doses (a round value, not one
+      study's measurement);
+    * grey matter +5 HU, white matter and edema +2 HU: behind the blood-brain barrier
+      normal parenchyma rises only by its blood volume, grey matter (about twice the
+      blood volume of white matter) by about 3 HU more than white matter: the grey-white
+      difference grew from 4.6 to 7.8 HU after contrast in Kalvach & Jirout,
+      "Pre- and postcontrast CT density of normal brain tissue", Neuroradiology 25(1),
+      29-32, 1983;
+    * necrosis, CSF and bone 0 HU (no perfusion; iodine does not reach them);
+    * structures without a blood-brain barrier enhance strongly (Smith, Smirniotopoulos
+      et al., "Patterns of contrast enhancement in the brain and meninges",
+      RadioGraphics 27(2), 525-551, 2007): the dura along the brain surface by up to
+      +60 HU and the curvilinear vessels (the same ones T1-Ce shows) by up to +120 HU
+      (blood of about 40 HU reaching about 160 HU in the venous phase); marrow and
+      scalp, vascular soft tissue, by +10 HU. The anatomy has no choroid plexus.
 """
 
 from __future__ import annotations
@@ -37,7 +60,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["CHANNELS", "GENERATOR_VERSION", "SyntheticBrats", "generate_synthetic_brats"]
+__all__ = ["CHANNELS", "CT_ENHANCEMENT_HU", "GENERATOR_VERSION", "SyntheticBrats", "generate_synthetic_brats"]
 
 CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair", "ct")
 """Channel order of :attr:`SyntheticBrats.images`."""
@@ -73,6 +96,18 @@ _MRI = slice(0, 4)
 _CT = 4
 _T1CE = 1
 
+#: Rise of each tissue (Hounsfield units) on contrast-enhanced CT, ``ct_contrast``
+#: (columns as ``_TISSUES``; see the module docstring for the values and references).
+CT_ENHANCEMENT_HU: dict[str, float] = {
+    "csf": 0.0, "gm": 5.0, "wm": 2.0, "nec": 0.0, "et": 30.0, "ed": 2.0,
+    "bone": 0.0, "marrow": 10.0, "scalp": 10.0, "air": 0.0,
+}
+#: Peak rise (HU) of the dura and of the vessels on contrast-enhanced CT.
+_CT_DURA_HU = 60.0
+_CT_VESSEL_HU = 120.0
+#: Range of the per-case factor on every rise (dose, timing, cardiac output).
+_CT_DOSE_FACTOR = (0.8, 1.2)
+
 
 @dataclass(frozen=True)
 class SyntheticBrats:
@@ -88,12 +123,19 @@ class SyntheticBrats:
             2 edema, 4 enhancing tumour (BraTS <= 2021).
         case_ids: str ``[cases*slices]``, e.g. ``"synth-000"`` for every slice of case 0.
         brain: bool ``[cases*slices, size, size]``; the deformed brain mask (> 0.5).
+        white_matter: bool ``[cases*slices, size, size]``; voxels at least half normal
+            white matter (outside the tumour), for checks of tissue contrast.
+        scale: float32 ``[cases, 5, 2]``; per case and channel the mean and standard
+            deviation the z-score removed: ``image * std + mean`` is the rendered
+            intensity (Hounsfield units on the ct channel).
     """
 
     images: np.ndarray
     labels: np.ndarray
     case_ids: np.ndarray
     brain: np.ndarray
+    white_matter: np.ndarray
+    scale: np.ndarray
 
 
 # =========================================================================== templates
@@ -364,8 +406,14 @@ def _slice_positions(
     return start + dz * np.arange(slices)
 
 
-def _generate_case(rng: np.random.Generator, tpl: _Templates, slices: int, size: int):
-    """Render one case. Returns ``(images [S,5,H,W], labels [S,H,W], brain [S,H,W])``."""
+def _generate_case(rng: np.random.Generator, tpl: _Templates, slices: int, size: int, ct_contrast: bool = False):
+    """Render one case.
+
+    Returns:
+        ``(images [S,5,H,W], labels [S,H,W], brain [S,H,W], white_matter [S,H,W],
+        scale [5, 2])``; with ``ct_contrast`` the random draws before the contrast are
+        those of the unenhanced case, so the two differ only by the enhancement.
+    """
     # ---- random draws that do not depend on size/slices (fixed order) ----
     scale = np.exp(rng.uniform(-0.05, 0.05) + rng.uniform(-0.02, 0.02, 3))
     matrix = _rotation(rng, np.array([4.0, 3.0, 4.0])) @ np.diag(1.0 / scale)
@@ -449,13 +497,24 @@ def _generate_case(rng: np.random.Generator, tpl: _Templates, slices: int, size:
     img[_MRI] = np.sqrt(re * re + im * im)  # Rician magnitude
     img[_CT] += np.float32(noise_ct) * rng.standard_normal(m.shape, dtype=np.float32)
 
+    # ---- contrast-enhanced CT: drawn last, so every other draw stays that of plain CT ----
+    if ct_contrast:
+        dose = np.float32(rng.uniform(*_CT_DOSE_FACTOR))
+        rise = np.array([CT_ENHANCEMENT_HU[t] for t in _TISSUES], dtype=np.float32)
+        enhancement = (rise @ frac.reshape(len(_TISSUES), n_vox)).reshape(m.shape)
+        enhancement += (_CT_DURA_HU * dura + _CT_VESSEL_HU * vessel).astype(np.float32)
+        img[_CT] += dose * enhancement
+
     # ---- z-score per channel over brain voxels; air -> 0 ----
     head = in_head * out + m > 0.5
+    scale = np.empty((5, 2), np.float32)
     for c in range(5):
         v = img[c][brain]
+        scale[c] = v.mean(), max(float(v.std()), 1e-6)
         img[c] = (img[c] - v.mean()) / max(float(v.std()), 1e-6)
         img[c][~head] = 0.0
-    return img.transpose(1, 0, 2, 3), labels, brain
+    white_matter = frac[2] >= 0.5
+    return img.transpose(1, 0, 2, 3), labels, brain, white_matter, scale
 
 
 def _single_threaded_blas() -> contextlib.AbstractContextManager:
@@ -476,6 +535,7 @@ def generate_synthetic_brats(
     size: int,
     seed: int,
     progress: Callable[[int], None] | None = None,
+    ct_contrast: bool = False,
 ) -> SyntheticBrats:
     """Generate a synthetic BraTS-like glioma data set on MNI ICBM 2009 anatomy.
 
@@ -491,11 +551,15 @@ def generate_synthetic_brats(
         seed: Data set seed.
         progress: Called after each case with the number of finished cases
             (1 ... ``cases``), e.g. to advance a progress bar.
+        ct_contrast: Render contrast-enhanced CT (see the module docstring); every
+            other channel, and the labels, are those of the unenhanced data set.
+            Defaults to False.
 
     Returns:
         :class:`SyntheticBrats` with ``cases*slices`` slices: images float32
         ``[N, 5, size, size]`` (channels :data:`CHANNELS`), labels uint8
-        ``[N, size, size]``, case_ids str ``[N]``, brain bool ``[N, size, size]``.
+        ``[N, size, size]``, case_ids str ``[N]``, brain and white_matter bool
+        ``[N, size, size]``, scale float32 ``[cases, 5, 2]``.
     """
     if cases < 1 or slices < 1 or size < 8:
         raise ValueError(f"need cases >= 1, slices >= 1, size >= 8; got {cases}, {slices}, {size}")
@@ -504,12 +568,18 @@ def generate_synthetic_brats(
     images = np.empty((n, len(CHANNELS), size, size), np.float32)
     labels = np.empty((n, size, size), np.uint8)
     brain = np.empty((n, size, size), bool)
+    white_matter = np.empty((n, size, size), bool)
+    scale = np.empty((cases, len(CHANNELS), 2), np.float32)
     with _single_threaded_blas():
         for i in range(cases):
             rng = np.random.default_rng([seed, i])
             sl = slice(i * slices, (i + 1) * slices)
-            images[sl], labels[sl], brain[sl] = _generate_case(rng, tpl, slices, size)
+            images[sl], labels[sl], brain[sl], white_matter[sl], scale[i] = _generate_case(
+                rng, tpl, slices, size, ct_contrast
+            )
             if progress is not None:
                 progress(i + 1)
     case_ids = np.repeat(np.array([f"synth-{i:03d}" for i in range(cases)]), slices)
-    return SyntheticBrats(images=images, labels=labels, case_ids=case_ids, brain=brain)
+    return SyntheticBrats(
+        images=images, labels=labels, case_ids=case_ids, brain=brain, white_matter=white_matter, scale=scale
+    )

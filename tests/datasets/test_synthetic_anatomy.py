@@ -130,3 +130,84 @@ def test_progress_and_validation() -> None:
         sa.generate_synthetic_brats(0, 4, 32, 0)
     with pytest.raises(ValueError):
         sa.generate_synthetic_brats(1, 0, 32, 0)
+
+
+# ------------------------------------------------------------------ contrast-enhanced CT
+def _hounsfield(data: sa.SyntheticBrats, k: int) -> np.ndarray:
+    """The rendered CT of case ``k`` in Hounsfield units, ``[SLICES, SIZE, SIZE]`` (z-score undone)."""
+    mean, std = data.scale[k, sa.CHANNELS.index("ct")]
+    return _per_case(data.images)[k, :, sa.CHANNELS.index("ct")] * std + mean
+
+
+def _et_minus_wm(data: sa.SyntheticBrats, k: int) -> float:
+    hu, labels, wm = _hounsfield(data, k), _per_case(data.labels)[k], _per_case(data.white_matter)[k]
+    return float(hu[labels == 4].mean() - hu[wm].mean())
+
+
+@pytest.fixture(scope="module")
+def enhanced() -> sa.SyntheticBrats:
+    return sa.generate_synthetic_brats(CASES, SLICES, SIZE, SEED, ct_contrast=True)
+
+
+def test_scale_and_white_matter_recover_the_tissue_table(data: sa.SyntheticBrats) -> None:
+    assert data.scale.shape == (CASES, len(sa.CHANNELS), 2) and (data.scale[..., 1] > 0).all()
+    for k in range(CASES):
+        hu, wm = _hounsfield(data, k), _per_case(data.white_matter)[k]
+        assert wm.sum() > 200 and not (wm & (_per_case(data.labels)[k] > 0)).any()
+        assert 24.0 < hu[wm].mean() < 35.0  # white matter 29 HU (+ jitter, texture, partial volume)
+        assert hu.max() > 600.0  # cortical bone
+
+
+def test_unenhanced_ct_shows_no_rim(data: sa.SyntheticBrats) -> None:
+    """The default CT: the enhancing rim (31 HU, partial volume with necrosis 18 HU and edema
+    22 HU) within a few HU of white matter (29 HU), far from the 28 HU contrast would add."""
+    for k in range(CASES):
+        assert abs(_et_minus_wm(data, k)) < 10.0
+
+
+def test_contrast_ct_raises_the_rim_by_the_documented_amount(data: sa.SyntheticBrats, enhanced: sa.SyntheticBrats) -> None:
+    rise = sa.CT_ENHANCEMENT_HU["et"] - sa.CT_ENHANCEMENT_HU["wm"]  # 28 HU, times a dose factor in [0.8, 1.2]
+    gains = []
+    for k in range(CASES):
+        gain = _et_minus_wm(enhanced, k) - _et_minus_wm(data, k)
+        assert 0.7 * rise < gain < 1.25 * rise, (k, gain)
+        assert 0.5 * rise < _et_minus_wm(enhanced, k) < 1.3 * rise + 10.0
+        gains.append(gain)
+        # visible after the z-score too: the rim stands out of the brain on CT
+        assert _mean_z(enhanced, k, "ct", 4) > _mean_z(data, k, "ct", 4) + 1.0
+        # normal brain rises by a few HU only, necrosis not at all
+        wm = _per_case(data.white_matter)[k]
+        assert 1.0 < (_hounsfield(enhanced, k) - _hounsfield(data, k))[wm].mean() < 5.0
+        nec = _per_case(data.labels)[k] == 1
+        if nec.sum() > 10:
+            assert (_hounsfield(enhanced, k) - _hounsfield(data, k))[nec].mean() < 0.5 * rise
+    assert 0.75 * rise < np.mean(gains) < 1.2 * rise
+
+
+def test_contrast_ct_changes_only_the_ct(data: sa.SyntheticBrats, enhanced: sa.SyntheticBrats) -> None:
+    ct = sa.CHANNELS.index("ct")
+    others = [c for c in range(len(sa.CHANNELS)) if c != ct]
+    np.testing.assert_array_equal(enhanced.images[:, others], data.images[:, others])
+    np.testing.assert_array_equal(enhanced.labels, data.labels)
+    np.testing.assert_array_equal(enhanced.brain, data.brain)
+    assert not np.allclose(enhanced.images[:, ct], data.images[:, ct])
+
+
+def test_source_fingerprint_keeps_the_default_and_follows_ct_contrast() -> None:
+    from benchmark import create_dataset
+
+    default = create_dataset("synthetic-brats").fingerprint()
+    assert create_dataset("synthetic-brats", ct_contrast=False).fingerprint() == default
+    # the fingerprint the unenhanced default data set had before the option existed
+    assert default == "a8fed6d26600762f412d"
+    assert create_dataset("synthetic-brats", ct_contrast=True).fingerprint() != default
+
+
+def test_source_renders_contrast_ct(data: sa.SyntheticBrats, enhanced: sa.SyntheticBrats) -> None:
+    from benchmark import create_dataset
+
+    params = dict(cases=CASES, slices=SLICES, size=SIZE, seed=SEED)
+    plain = create_dataset("synthetic-brats", **params)._generate()
+    ce = create_dataset("synthetic-brats", ct_contrast=True, **params)._generate()
+    np.testing.assert_array_equal(plain.images, data.images)
+    np.testing.assert_array_equal(ce.images, enhanced.images)
