@@ -1,8 +1,9 @@
 """The CSV files a sweep leaves in its output folder, all rebuilt from the results database.
 
 - ``results.csv``: one row per cell × validation case.
-- ``attacks.csv``: one row per cell: the attack's quality figures (MAE, PSNR, SSIM of
-  synthetic vs real target where the attack has them), the count of poisoned cases and
+- ``attacks.csv``: one row per cell: the attack's quality figures where the attack has
+  them (MAE, PSNR, SSIM of synthetic vs real target over the brain; the enhancing-rim
+  contrast-to-noise ratio of synthetic and of real target), the count of poisoned cases and
   their ids (``;``-joined; for one seed the ids at a rate are a subset of those at every
   higher rate).
 - ``detection.csv``: one row per cell with a defense: AUROC and AP of its scores,
@@ -32,7 +33,10 @@ __all__ = [
 ]
 
 RESULTS_CSV_COLUMNS = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", *METRICS]
-ATTACKS_CSV_COLUMNS = ["cell", "attack", "rate", "seed", "mae", "psnr", "ssim", "poisoned_cases", "poisoned_case_ids"]
+ATTACKS_CSV_COLUMNS = [
+    "cell", "attack", "rate", "seed", "mae", "psnr", "ssim", "rim_contrast_synthetic", "rim_contrast_real", "poisoned_cases",
+    "poisoned_case_ids",
+]
 DETECTION_CSV_COLUMNS = ["cell", "attack", "rate", "defense", "seed", "auroc", "ap", "precision", "recall", "f1", "removed_fraction"]
 
 
