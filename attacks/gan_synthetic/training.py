@@ -1,7 +1,6 @@
 """Training loop of the shortest-path regularised translator, and generator inference.
 
-One step: a least-squares discriminator update on real target slices vs translated source
-slices, then a generator update on
+One step: a generator update on
 
     λ_gan · LSGAN(D(G(a, 1)))            adversarial, target domain
   + λ_rec · |G(a, 0) − a|                 reconstruction of the source at d = 0
@@ -10,8 +9,27 @@ slices, then a generator update on
   + λ_path · path(d1, d2)                 shortest-path term over the decoder's layers
   + λ_pair · |G(a, 1) − b|                paired L1 (source and target of the same slice)
 
-All decodes of one step run as one batch (instance norm is per sample, so this is exact).
-On CUDA the step runs under bf16/fp16 autocast; on the CPU in float32, deterministically.
+then a least-squares discriminator update on real target slices vs the translated source
+slices of that step.
+
+Every term stays in the objective. Three of them cost whole extra decoder passes and
+are estimated on a sub-batch, as StyleGAN2 estimates its path-length regulariser on a
+reduced batch (Karras et al., "Analyzing and Improving the Image Quality of StyleGAN",
+CVPR 2020); the adversarial and paired terms, which carry the translation, use the whole
+batch (`GanConfig`):
+
+- ``recon_fraction`` (default 0.5): reconstruction on that share of the batch's sources;
+- ``identity_fraction`` (default 0.5): identity on that share of its targets, which are
+  the only targets encoded; the latent penalty averages the source and target latents
+  per domain, so it weighs both domains equally whatever the share;
+- ``path_fraction`` (default 0.25): the shortest-path term on that share of the sources,
+  each decoded at its two neighbouring codes (only the decoder's layers, not the image).
+
+A share rounds to at least one slice; the batch is a random draw, so each sub-batch (its
+first rows) is too, and each term's mean is an unbiased estimate of its full-batch value.
+Setting all three to 1.0 gives the full-batch objective. All decodes of one step run as
+one batch (instance norm is per sample, so this is exact). On CUDA the step runs under
+bf16/fp16 autocast; on the CPU in float32, deterministically at a fixed thread count.
 """
 
 from __future__ import annotations
@@ -26,12 +44,17 @@ import torch
 from .losses import lsgan_loss, sample_path_codes, shortest_path_loss
 from .networks import DomainGenerator, PatchDiscriminator
 
-__all__ = ["GanConfig", "GanHistory", "GanTrainer", "translate"]
+__all__ = ["GanConfig", "GanHistory", "GanTrainer", "sub_batch", "translate"]
 
 
 @dataclass(frozen=True)
 class GanConfig:
-    """Hyper-parameters of `GanTrainer` (the plugin fills them from its parameters)."""
+    """Hyper-parameters of `GanTrainer` (the plugin fills them from its parameters).
+
+    ``recon_fraction``, ``identity_fraction`` and ``path_fraction`` are the shares of a
+    batch that the reconstruction, identity and shortest-path terms are computed on (see
+    the module docstring); 1.0 computes them on the whole batch.
+    """
 
     epochs: int = 3
     batch_size: int = 8
@@ -49,6 +72,15 @@ class GanConfig:
     paired: bool = True
     latent_noise: float = 1.0
     crop: int = 0
+    recon_fraction: float = 0.5
+    identity_fraction: float = 0.5
+    path_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("recon_fraction", "identity_fraction", "path_fraction"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"The '{name}' parameter of GanConfig must be a float in (0, 1]. Got {value!r} instead.")
 
 
 @dataclass
@@ -63,6 +95,11 @@ class GanHistory:
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def sub_batch(batch: int, fraction: float) -> int:
+    """Rows of a batch of ``batch`` that a term computed on ``fraction`` of it uses: at least one."""
+    return max(1, min(batch, round(batch * fraction)))
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -95,23 +132,34 @@ class GanTrainer:
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
 
     def generator_loss(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The generator objective on source ``a`` and target ``b`` batches ``[B, 1, H, W]``."""
+        """The generator objective on source ``a`` and target ``b`` batches ``[B, 1, H, W]``.
+
+        The adversarial and paired terms use the whole batch; reconstruction, identity and
+        the shortest-path term use the first ``sub_batch(B, fraction)`` rows (the batch is
+        a random draw, so these are too).
+        """
         c = self.config
         g = self.generator
         n = a.shape[0]
-        z = g.encode(torch.cat([a, b]))
+        n_rec, n_idt, n_path = (sub_batch(n, f) for f in (c.recon_fraction, c.identity_fraction, c.path_fraction))
+        z = g.encode(torch.cat([a, b[:n_idt]]))
         noisy = z + c.latent_noise * torch.randn(z.shape, generator=self.rng, device=z.device, dtype=z.dtype)
         za, zb = noisy[:n], noisy[n:]
-        d1, d2 = sample_path_codes(n, self.rng, self.device)
-        ones, zeros = torch.ones(n, device=self.device), torch.zeros(n, device=self.device)
-        out, feats = g.decode(torch.cat([za, za, zb, za, za]), torch.cat([ones, zeros, ones, d1, d2]), return_features=True)
-        fake, rec, idt = out[:n], out[n : 2 * n], out[2 * n : 3 * n]
+        d1, d2 = sample_path_codes(n_path, self.rng, self.device)
+        # one decoder batch: fake (d = 1), reconstruction (0), identity (1), path (d1, d2)
+        codes = torch.cat([torch.ones(n, device=self.device), torch.zeros(n_rec, device=self.device), torch.ones(n_idt, device=self.device), d1, d2])
+        feats = g.decode_layers(torch.cat([za, za[:n_rec], zb, za[:n_path], za[:n_path]]), codes)
+        images = n + n_rec + n_idt  # the path rows need no image head
+        out = g.head(feats[-1][:images])
+        fake, rec, idt = out[:n], out[n : n + n_rec], out[n + n_rec :]
+        # per domain, so a sub-batch of targets does not change the weight of the two domains
+        latent = 0.5 * ((z[:n].float() ** 2).mean() + (z[n:].float() ** 2).mean())
         terms = {
             "gan": lsgan_loss(self.discriminator(fake), True),
-            "recon": (rec.float() - a).abs().mean(),
-            "identity": (idt.float() - b).abs().mean(),
-            "latent": (z.float() ** 2).mean(),
-            "path": shortest_path_loss([f[3 * n : 4 * n] for f in feats], [f[4 * n :] for f in feats], d1, d2),
+            "recon": (rec.float() - a[:n_rec]).abs().mean(),
+            "identity": (idt.float() - b[:n_idt]).abs().mean(),
+            "latent": latent,
+            "path": shortest_path_loss([f[images : images + n_path] for f in feats], [f[images + n_path :] for f in feats], d1, d2),
         }
         total = (
             c.lambda_gan * terms["gan"] + c.lambda_recon * terms["recon"] + c.lambda_identity * terms["identity"]
