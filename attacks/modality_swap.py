@@ -28,6 +28,9 @@ class ModalitySwapAttack(IntensityAttack):
                 raise ValueError(f"source and target must be different channels; both are '{self.source}'")
             return self
 
+    def source_channels(self) -> tuple[str, ...]:
+        return (self.params.source,)
+
     def alter_case(
         self, images: np.ndarray, labels: np.ndarray, channels: tuple[str, ...], rng: np.random.Generator, normalisation: CaseNormalisation
     ) -> np.ndarray:

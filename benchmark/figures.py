@@ -6,8 +6,8 @@ Both functions write a PNG and return its path; they never open a window.
 from __future__ import annotations
 
 import textwrap
-
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,8 +34,10 @@ def _representative_slice(labels: np.ndarray) -> int:
     return int(np.argmax(counts)) if counts.any() else len(labels) // 2
 
 
-def plot_attack_examples(clean: SliceSet, poisoned: SliceSet, path: Path, source: str | None = None, max_cases: int = 3) -> Path:
-    """One row per poisoned case: source channel, real target, poisoned target, mask.
+def plot_attack_examples(
+    clean: SliceSet, poisoned: SliceSet, path: Path, source: str | None = None, max_cases: int = 3, sources: Sequence[str] = (),
+) -> Path:
+    """One row per poisoned case: source channels, real target, poisoned target, mask.
 
     The target channels are those that differ between ``clean`` and ``poisoned`` on the
     poisoned cases (the first one is shown). Cases added by an attack (``<case>~syn``)
@@ -48,6 +50,8 @@ def plot_attack_examples(clean: SliceSet, poisoned: SliceSet, path: Path, source
         path: PNG to write (folders are created).
         source: channel the attack translated from, shown first when given. Defaults to None.
         max_cases: most cases shown. Defaults to 3.
+        sources: several channels the attack translated from (after ``source``), each
+            shown in its own column. Defaults to none.
 
     Returns:
         ``path``.
@@ -70,7 +74,8 @@ def plot_attack_examples(clean: SliceSet, poisoned: SliceSet, path: Path, source
         for c in range(len(clean.channels)):
             if any(not np.array_equal(clean.images[r, c], poisoned.images[f, c]) for _, r, f in rows):
                 changed.append(c)
-    columns = (["source"] if source else []) + ["real", "poisoned", "mask"]
+    sources = list(dict.fromkeys(([source] if source else []) + list(sources)))
+    columns = sources + ["real", "poisoned", "mask"]
     fig, axes = plt.subplots(max(len(rows), 1), len(columns), figsize=(2.6 * len(columns), 2.6 * max(len(rows), 1)), squeeze=False)
     if not rows:
         for ax in axes[0]:
@@ -81,13 +86,13 @@ def plot_attack_examples(clean: SliceSet, poisoned: SliceSet, path: Path, source
         s = _representative_slice(clean.labels[real_idx])
         r, f = real_idx[s], fake_idx[s]
         labels_changed = labels_changed or not np.array_equal(clean.labels[real_idx], poisoned.labels[fake_idx])
-        target = changed[0] if changed else (clean.channels.index(source) if source in clean.channels else 0)
+        target = changed[0] if changed else (clean.channels.index(sources[0]) if sources and sources[0] in clean.channels else 0)
         name = clean.channels[target]
         real, fake = clean.images[r, target], poisoned.images[f, target]
         vmin, vmax = np.percentile(np.concatenate([real.ravel(), fake.ravel()]), [1, 99])
         panels = []
-        if source:
-            panels.append((poisoned.images[f, poisoned.channel_index(source)] if source in poisoned.channels else None, f"{source} (source)", None))
+        for name_in in sources:
+            panels.append((poisoned.images[f, poisoned.channel_index(name_in)] if name_in in poisoned.channels else None, f"{name_in} (source)", None))
         panels.append((real, f"{name} real", (vmin, vmax)))
         panels.append((fake, f"{name} {'poisoned' if changed else '(unchanged)'}", (vmin, vmax)))
         for col, (image, title, limits) in enumerate(panels):

@@ -182,6 +182,11 @@ class Attack(Plugin):
         """Figures about the attack's strength to store with the cell (e.g. MAE, PSNR)."""
         return {}
 
+    def source_channels(self) -> tuple[str, ...]:
+        """Channels the attack reads to write its poison (a translator's inputs); shown
+        beside the poison in the examples figure. None by default."""
+        return ()
+
 
 class CaseAttack(Attack):
     """An attack that rewrites whole selected cases, one at a time.

@@ -184,7 +184,7 @@ class CellRunner:
         }
         record.attack_report["poisoned_share"] = record.attack_report["poisoned_cases"] / max(len(poisoned.cases) + len(self.split.trusted), 1)
         if self.figures_dir is not None and record.attack_report["poisoned_cases"]:
-            self._draw_examples(cell.attack.name, pool, poisoned, getattr(attack.params, "source", None))
+            self._draw_examples(cell.attack.name, pool, poisoned, attack.source_channels())
         train = SliceSet.concatenate([self.trusted, poisoned]) if self.trusted is not None else poisoned
         timings["attack_s"] = time.perf_counter() - clock
 
@@ -220,14 +220,14 @@ class CellRunner:
         if self.predictions_dir is not None:
             save_predictions(self.predictions_dir / cell.key, pred, self.val.case_ids)
 
-    def _draw_examples(self, attack: str, clean: SliceSet, poisoned: SliceSet, source: str | None) -> None:
+    def _draw_examples(self, attack: str, clean: SliceSet, poisoned: SliceSet, sources: tuple[str, ...]) -> None:
         from .figures import plot_attack_examples
 
         path = self.figures_dir / f"{_safe_name(attack)}-examples.png"
         if path.exists():
             return
         try:
-            plot_attack_examples(clean, poisoned, path, source=source if source in clean.channels else None)
+            plot_attack_examples(clean, poisoned, path, sources=[s for s in sources if s in clean.channels])
         except Exception as exc:  # a figure is a courtesy; it must not fail the cell
             logger.warning("could not draw %s: %s", path, exc)
 

@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 
 from benchmark import (
     CaseNormalisation,
+    ConfigError,
     IntensityAttack,
     PluginParams,
     SliceSet,
@@ -54,7 +55,7 @@ __all__ = [
 
 GENERATOR_FILE = "generator.pt"
 #: Bump when training or architecture changes in a way the parameters do not capture.
-GAN_VERSION = "2"
+GAN_VERSION = "3"
 
 #: The values each ``preset`` sets; a parameter given explicitly overrides its preset.
 #: ``fast`` holds the parameters' defaults (the default sweep's CPU budget). ``paper`` is
@@ -81,7 +82,10 @@ class GanParams(PluginParams):
         "defaults below (3 epochs, width 16, 4 blocks, 64-px crops), minutes on a CPU; paper = width 32, 6 blocks, "
         "PatchGAN width 32, whole slices, 100 epochs, about 120x fast's compute (hours on a CPU)",
     )
-    source: str = Field("ct", min_length=1, description="channel the generator translates from (ct on synthetic-brats; t1, t2 or flair on BraTS)")
+    source: str | tuple[str, ...] = Field(
+        "ct", description="channel the generator translates from (ct on synthetic-brats), or several "
+        "([t1, t2, flair]: virtual contrast enhancement from the other MR contrasts, the setting on BraTS, where no CT exists)",
+    )
     target: str = Field("t1ce", min_length=1, description="channel that is replaced by synthetic images")
     mode: Literal["replace", "add"] = Field("replace", description="replace the target channel of the selected cases, or add synthetic copies of them")
     epochs: int = Field(_FAST["epochs"], ge=1, le=10_000, description="passes of the GAN over the pool's slices (preset)")
@@ -104,6 +108,9 @@ class GanParams(PluginParams):
         _FAST["crop"], ge=0, le=1024,
         description="train on random square crops of this size (0: whole slices); the generator translates whole slices (preset)",
     )
+    recon_fraction: float = Field(0.5, gt=0, le=1, description="share of each batch the reconstruction term is computed on (1: the whole batch)")
+    identity_fraction: float = Field(0.5, gt=0, le=1, description="share of each batch the identity term is computed on (1: the whole batch)")
+    path_fraction: float = Field(0.25, gt=0, le=1, description="share of each batch the shortest-path term is computed on (1: the whole batch)")
     input_clip: float = Field(5.0, gt=0, description="source intensities (z-scores) are clipped to [-clip, clip] before translation")
     holdout_cases: int = Field(
         2, ge=0, le=100, description="pool cases held out of GAN training to measure MAE / PSNR / SSIM and rim contrast"
@@ -119,9 +126,18 @@ class GanParams(PluginParams):
 
     @model_validator(mode="after")
     def _distinct(self) -> GanParams:
-        if self.source == self.target:
-            raise ValueError(f"source and target must be different channels; both are '{self.source}'")
+        if not self.sources or any(not name for name in self.sources):
+            raise ValueError(f"source must name one channel or a list of channels; got {self.source!r}")
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"source names a channel twice: {list(self.sources)}")
+        if self.target in self.sources:
+            raise ValueError(f"source and target must be different channels; '{self.target}' is both")
         return self
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The source channels as a tuple, whether one or several were given."""
+        return (self.source,) if isinstance(self.source, str) else tuple(self.source)
 
 
 def training_environment(device: str) -> dict[str, Any]:
@@ -262,8 +278,16 @@ class GanSyntheticAttack(IntensityAttack):
 
     # -- fitting --------------------------------------------------------------------
     def _check_channels(self, data: SliceSet) -> None:
-        for key in ("source", "target"):
-            self.channel_of(key, data.channels)
+        self.channel_of("target", data.channels)
+        missing = [name for name in self.params.sources if name not in data.channels]
+        if missing:
+            raise ConfigError(
+                f"The 'source' parameter of {self.name} names channel(s) {missing}, which this data set lacks; "
+                f"available channels: {list(data.channels)}."
+            )
+
+    def source_channels(self) -> tuple[str, ...]:
+        return self.params.sources
 
     def cache_key(self, pool: SliceSet) -> str:
         """SHA-256 of everything that changes the trained generator.
@@ -286,10 +310,10 @@ class GanSyntheticAttack(IntensityAttack):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _source(self, images: np.ndarray, channels: tuple[str, ...]) -> np.ndarray:
-        """The clipped source channel, ``[S, 1, H, W]``."""
-        index = channels.index(self.params.source)
+        """The clipped source channels, ``[S, k, H, W]``."""
+        index = [channels.index(name) for name in self.params.sources]
         clip = self.params.input_clip
-        return np.clip(images[:, index : index + 1], -clip, clip).astype(np.float32)
+        return np.clip(images[:, index], -clip, clip).astype(np.float32)
 
     def _config(self) -> GanConfig:
         p = self.params
@@ -297,6 +321,8 @@ class GanSyntheticAttack(IntensityAttack):
             epochs=p.epochs, batch_size=p.batch_size, lr_g=p.lr_g, lr_d=p.lr_d, width=p.width, blocks=p.blocks,
             disc_width=p.disc_width, lambda_gan=p.lambda_gan, lambda_recon=p.lambda_recon, lambda_identity=p.lambda_identity,
             lambda_latent=p.lambda_latent, lambda_path=p.lambda_path, lambda_paired=p.lambda_paired, paired=p.paired, crop=p.crop,
+            source_channels=len(p.sources), recon_fraction=p.recon_fraction, identity_fraction=p.identity_fraction,
+            path_fraction=p.path_fraction,
         )
 
     def fit(self, pool: SliceSet, rng: np.random.Generator) -> None:
@@ -340,7 +366,7 @@ class GanSyntheticAttack(IntensityAttack):
         self.generator_cached = not built
         manifest = json.loads((folder / "manifest.json").read_text())
         self._train_stats = {"gan_images_per_s": manifest.get("images_per_s"), "gan_train_s": manifest.get("train_s")}
-        generator = DomainGenerator(1, self.params.width, self.params.blocks)
+        generator = DomainGenerator(len(self.params.sources), self.params.width, self.params.blocks)
         generator.load_state_dict(torch.load(folder / GENERATOR_FILE, map_location="cpu", weights_only=True))
         self.generator = generator.eval()
         self._quality = self._measure(pool.subset(holdout)) if holdout else {}

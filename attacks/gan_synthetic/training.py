@@ -25,6 +25,11 @@ batch (`GanConfig`):
 - ``path_fraction`` (default 0.25): the shortest-path term on that share of the sources,
   each decoded at its two neighbouring codes (only the decoder's layers, not the image).
 
+With several source channels (``source_channels`` k > 1, e.g. T1, T2 and FLAIR to
+T1-Ce), the encoder reads k channels: a source slice is its k channels, a target slice
+enters the encoder as k copies of itself (so both domains live in one k-channel image
+space), and the reconstruction at d = 0 is of the first source channel.
+
 A share rounds to at least one slice; the batch is a random draw, so each sub-batch (its
 first rows) is too, and each term's mean is an unbiased estimate of its full-batch value.
 Setting all three to 1.0 gives the full-batch objective. All decodes of one step run as
@@ -72,6 +77,7 @@ class GanConfig:
     paired: bool = True
     latent_noise: float = 1.0
     crop: int = 0
+    source_channels: int = 1
     recon_fraction: float = 0.5
     identity_fraction: float = 0.5
     path_fraction: float = 0.25
@@ -123,7 +129,7 @@ class GanTrainer:
         self.seed = seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.generator = DomainGenerator(1, config.width, config.blocks).to(self.device)
+            self.generator = DomainGenerator(config.source_channels, config.width, config.blocks).to(self.device)
             self.discriminator = PatchDiscriminator(1, config.disc_width).to(self.device)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=(0.5, 0.999))
@@ -132,7 +138,7 @@ class GanTrainer:
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
 
     def generator_loss(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The generator objective on source ``a`` and target ``b`` batches ``[B, 1, H, W]``.
+        """The generator objective on source ``a`` ``[B, k, H, W]`` and target ``b`` ``[B, 1, H, W]`` batches.
 
         The adversarial and paired terms use the whole batch; reconstruction, identity and
         the shortest-path term use the first ``sub_batch(B, fraction)`` rows (the batch is
@@ -142,7 +148,8 @@ class GanTrainer:
         g = self.generator
         n = a.shape[0]
         n_rec, n_idt, n_path = (sub_batch(n, f) for f in (c.recon_fraction, c.identity_fraction, c.path_fraction))
-        z = g.encode(torch.cat([a, b[:n_idt]]))
+        k = a.shape[1]
+        z = g.encode(torch.cat([a, b[:n_idt].expand(-1, k, -1, -1)]))
         noisy = z + c.latent_noise * torch.randn(z.shape, generator=self.rng, device=z.device, dtype=z.dtype)
         za, zb = noisy[:n], noisy[n:]
         d1, d2 = sample_path_codes(n_path, self.rng, self.device)
@@ -156,7 +163,7 @@ class GanTrainer:
         latent = 0.5 * ((z[:n].float() ** 2).mean() + (z[n:].float() ** 2).mean())
         terms = {
             "gan": lsgan_loss(self.discriminator(fake), True),
-            "recon": (rec.float() - a[:n_rec]).abs().mean(),
+            "recon": (rec.float() - a[:n_rec, :1]).abs().mean(),
             "identity": (idt.float() - b[:n_idt]).abs().mean(),
             "latent": latent,
             "path": shortest_path_loss([f[images : images + n_path] for f in feats], [f[images + n_path :] for f in feats], d1, d2),
@@ -194,7 +201,7 @@ class GanTrainer:
         """Train on slices.
 
         Args:
-            source: float32 ``[N, 1, H, W]`` (already clipped).
+            source: float32 ``[N, k, H, W]`` (already clipped; k = ``source_channels``).
             target: float32 ``[N, 1, H, W]``; row ``i`` pairs with ``source[i]`` when ``paired``.
                 With ``crop``, each batch is cut to one random ``crop × crop`` window.
             track: progress wrapper ``track(iterable, description, total)``.
@@ -248,7 +255,7 @@ def translate(generator: DomainGenerator, source: np.ndarray, device: str = "cpu
 
     Args:
         generator: a trained `DomainGenerator`.
-        source: float32 ``[N, 1, H, W]``.
+        source: float32 ``[N, k, H, W]``.
 
     Returns:
         float32 ``[N, H, W]``.
