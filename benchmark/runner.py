@@ -170,6 +170,11 @@ class CellRunner:
         record.finished_at = time.time()
         return record
 
+    def prepare(self, cell: Cell) -> None:
+        """Fit the cell's attack alone, as `run` fits it, so that what the fit caches (a trained
+        generator) is built before the cells that share it run. Raises what the fit raises."""
+        apply_attack(cell.attack.name, cell.attack.params, self.context(cell), self.attackable, 0.0, SeedStreams(cell.seed))
+
     def _run(self, cell: Cell, record: CellRecord, timings: dict[str, float]) -> None:
         context = self.context(cell)
         # independent streams of the cell's seed (benchmark.seeding): which cases are

@@ -24,7 +24,7 @@ from .report import print_defense_effect, print_study_summary, print_summary, su
 from .runner import CellRunner, plan_sweep
 from .studies import describe_study, study_config, study_key
 from .splitting import split_cases
-from .store import FINISHED, ResultStore
+from .store import FINISHED, CellRecord, ResultStore
 
 __all__ = ["SweepResult", "run_sweep", "check_task_channels", "draw_dose_response"]
 
@@ -108,28 +108,29 @@ def run_sweep(
             device = resolve_device(config.device)
             progress = make_progress(console, quiet)
             track = tracker(progress)
-            with progress if progress is not None else nullcontext():
+            predictions = out_dir / "predictions" if save_predictions else None
+            spec = WorkerSpec(
+                config.resolved(), device, str(cache_root()), str(predictions) if predictions else None,
+                plugin_modules=plugin_modules(config), figures_dir=str(out_dir / "figures"),
+            )
+            runner: CellRunner | None = None  # the driver's own (local executor), built once the data is loaded
+
+            def run_local(cell: Cell) -> CellRecord:
+                return runner.run(cell)
+
+            def announce(cell: Cell) -> None:
+                if not quiet:
+                    console.log(f"cell {cell.key[:10]}: {cell.label}")
+
+            # a process pool starts here: its workers import torch and MONAI while the driver loads the data
+            executor = create_executor(config.executor, spec, run_local, announce).start(len(todo))
+            with executor, progress if progress is not None else nullcontext():
                 plan.source.bind(RunContext(quiet=quiet, progress=track))
                 data = plan.source.load()  # builds the cache that workers read
                 check_task_channels(config, data.channels)
-                split = split_cases(data, config.split.val_fraction, config.split.seed, config.split.trusted)
-                predictions = out_dir / "predictions" if save_predictions else None
-                spec = WorkerSpec(
-                    config.resolved(), device, str(cache_root()), str(predictions) if predictions else None,
-                    plugin_modules=plugin_modules(config), figures_dir=str(out_dir / "figures"),
-                )
-
-                local = config.executor.name == "local"
-                runner = (
-                    CellRunner(data, split, device, plan.fingerprint, cache_root(), quiet, track, predictions, out_dir / "figures")
-                    if local else None
-                )
-
-                def announce(cell: Cell) -> None:
-                    if not quiet:
-                        console.log(f"cell {cell.key[:10]}: {cell.label}")
-
-                executor = create_executor(config.executor, spec, runner.run if runner else None, announce)
+                if config.executor.name == "local":
+                    split = split_cases(data, config.split.val_fraction, config.split.seed, config.split.trusted)
+                    runner = CellRunner(data, split, device, plan.fingerprint, cache_root(), quiet, track, predictions, out_dir / "figures")
                 for record in track(executor.run(todo), "cells", total=len(todo)):
                     store.write(record)
                     ran.append(record.key)

@@ -1,4 +1,4 @@
-"""Harness overhead, metric speed, cached-load time, resume cost and executor scaling."""
+"""Harness overhead, metric speed, cached-load time and resume cost (executor scaling: test_executor_throughput.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import copy
 import time
 
 import numpy as np
-import pytest
 import torch
 import yaml
 
@@ -166,20 +165,6 @@ def test_resume_vs_first_run(benchmark, tmp_path):
     benchmark.pedantic(lambda: main(["run", str(path), "--out", str(out), "--quiet"]), rounds=1, iterations=1)
     benchmark.extra_info.update(first_s=first_s, resume_s=resume_s, ratio=resume_s / first_s)
     report("resume (4 cells, all skipped)", first_s=first_s, resume_s=resume_s, ratio=resume_s / first_s)
-
-
-@pytest.mark.parametrize("workers", [2])
-def test_process_executor_vs_local(benchmark, tmp_path, workers):
-    config = {**copy.deepcopy(CONFIG), "attacks": [{"name": "none", "rates": [0, 0.5]}], "seeds": [0, 1]}
-    path = _write(tmp_path, config)
-    main(["run", str(path), "--out", str(tmp_path / "warm"), "--quiet", "--set", "segmenters.0.epochs=1"])  # builds the data cache
-    local_s = _best_of(lambda: main(["run", str(path), "--out", str(tmp_path / f"l{time.time_ns()}"), "--quiet"]), 1)
-    process_s = _best_of(
-        lambda: main(["run", str(path), "--out", str(tmp_path / f"p{time.time_ns()}"), "--quiet", "--executor", "process", "--workers", str(workers)]), 1
-    )
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    benchmark.extra_info.update(local_s=local_s, process_s=process_s, ratio=process_s / local_s)
-    report(f"process executor ({workers} workers) vs local, 4 cells", local_s=local_s, process_s=process_s, ratio=process_s / local_s)
 
 
 def test_cells_expand_quickly(benchmark):
