@@ -91,8 +91,9 @@ def plot_attack_examples(
         real, fake = clean.images[r, target], poisoned.images[f, target]
         vmin, vmax = np.percentile(np.concatenate([real.ravel(), fake.ravel()]), [1, 99])
         panels = []
-        for name_in in sources:
-            panels.append((poisoned.images[f, poisoned.channel_index(name_in)] if name_in in poisoned.channels else None, f"{name_in} (source)", None))
+        for source_name in sources:
+            image = poisoned.images[f, poisoned.channel_index(source_name)] if source_name in poisoned.channels else None
+            panels.append((image, f"{source_name} (source)", None))
         panels.append((real, f"{name} real", (vmin, vmax)))
         panels.append((fake, f"{name} {'poisoned' if changed else '(unchanged)'}", (vmin, vmax)))
         for col, (image, title, limits) in enumerate(panels):

@@ -6,8 +6,8 @@ On the CPU the same loop runs in float32 and reads each batch from the given arr
 memory-mapped training set is streamed, never copied whole.
 
 Both devices train in channels-last layout by default: it is faster for these 2-D conv nets
-on GPUs and on CPUs (1.04–1.31× at 64², 1.15× at 128², one thread, measured by
-``benchmarks/test_cpu_training.py``). Layout changes how float sums are ordered, so a
+on GPUs and on CPUs (on the 2-core CPU, one thread, 64², the harness's loop ran 1.07× the
+plain contiguous loop, ``benchmarks/test_cpu_training.py``). Layout changes how float sums are ordered, so a
 channels-last and a contiguous run of the same seed differ in the last bits and, after
 hundreds of steps, by training noise; each is bit-identical across runs at a fixed thread
 count.
