@@ -8,6 +8,11 @@ list of values for a region), ``numTraining``, ``file_ending`` and optionally
 ET values -> 3, TC \\ ET -> 1 (NCR), WT \\ TC -> 2 (ED). The regions come from ``labels``
 when its names are BraTS's (``edema``, ``necrotic``, ``enhancing`` or ``whole tumor``,
 ``tumor core``, ``enhancing tumor``), else from the ``regions`` parameter.
+
+``labels`` is read in every form nnU-Net's ``LabelManager`` reads: values as numbers or
+lists (a one-value region may be a number: ``"enhancing tumor": 3`` beside
+``"whole tumor": [1, 2, 3]``), and an ``ignore`` label (nnU-Net's unannotated voxels),
+which belongs to no tumour region and is read as background.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from ..catalog import register_dataset
@@ -23,11 +29,11 @@ from ..errors import DataError
 from ..regions import ED, ET, NCR
 from ._volumes import CaseFiles, VolumeParams, VolumeSource, invert, normalise_channel, read_json
 
-__all__ = ["NnunetSource", "regions_from_labels", "mapping_from_regions"]
+__all__ = ["NnunetSource", "is_region_based", "label_values", "regions_from_labels", "mapping_from_regions"]
 
 _SINGLE = {
     "ET": {"et", "enhancing", "enhancingtumor", "enhancingtumour", "gdenhancingtumor", "gdenhancingtumour", "enhancingtumorcore"},
-    "NCR": {"ncr", "net", "ncrnet", "necrotic", "necrosis", "necroticcore", "necrotictumorcore", "necrotictumourcore",
+    "NCR": {"ncr", "net", "netc", "ncrnet", "necrotic", "necrosis", "necroticcore", "necrotictumorcore", "necrotictumourcore",
             "nonenhancing", "nonenhancingtumor", "nonenhancingtumour", "necroticnonenhancingtumorcore"},
     "ED": {"ed", "edema", "oedema", "peritumoraledema", "peritumoraloedema", "snfh", "surroundingnonenhancingflairhyperintensity"},
 }
@@ -38,49 +44,73 @@ _REGION_NAMES = {
 }
 
 
+#: nnU-Net's name for the label of unannotated voxels (partial annotation); it is read as background.
+IGNORE = "ignore"
+
+
 def _key(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
+def label_value(value: Any, where: str, name: str) -> int:
+    """A label value as nnU-Net reads it (``int(value)``): an integer, or a float or string that is one."""
+    if isinstance(value, bool):
+        raise DataError(f"{where}: label '{name}' must have an integer value (or a list of them); got {value!r}.")
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except ValueError:
+        number = None
+    if number is None or not np.isfinite(number) or number != int(number) or number < 0:
+        raise DataError(f"{where}: label '{name}' must have an integer value (or a list of them); got {value!r}.")
+    return int(number)
+
+
+def label_values(value: Any, where: str, name: str) -> list[int]:
+    """The values of one ``labels`` entry: a number, or a list (or tuple) of numbers."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise DataError(f"{where}: label '{name}' lists no value.")
+        return [label_value(v, where, name) for v in value]
+    return [label_value(value, where, name)]
+
+
+def is_region_based(labels: dict[str, Any]) -> bool:
+    """nnU-Net's rule (``LabelManager``): a data set is region-based when any entry lists more than one value."""
+    return any(isinstance(v, (list, tuple)) and len(v) > 1 for k, v in labels.items() if k != IGNORE)
+
+
 def regions_from_labels(labels: dict[str, Any], where: str) -> dict[str, set[int]] | None:
-    """ET / TC / WT value sets from an nnU-Net ``labels`` mapping, or None when its names are not BraTS's."""
+    """ET / TC / WT value sets from an nnU-Net ``labels`` mapping, or None when its names are not BraTS's.
+
+    Reads every form nnU-Net's ``LabelManager`` accepts: in a region-based mapping (an
+    entry lists several values) every entry is a region, written as a list or, for a
+    one-value region, as a number (``"enhancing tumor": 3`` beside ``"whole tumor": [1, 2, 3]``);
+    otherwise every entry is one label, written as a number or a one-value list. The
+    ``ignore`` entry (unannotated voxels) belongs to no region.
+    """
+    regional = is_region_based(labels)
     single: dict[str, set[int]] = {"ET": set(), "NCR": set(), "ED": set()}
     regions: dict[str, set[int]] = {}
     for name, value in labels.items():
         key = _key(name)
-        if key in ("background", "bg") :
+        values = set(label_values(value, where, name))
+        if key in ("background", "bg") or name == IGNORE:
             continue
-        if isinstance(value, list):
-            values = {_int(v, where, name) for v in value}
-            for region, names in _REGION_NAMES.items():
-                if key in names:
-                    regions[region] = values
-                    break
-            else:
-                return None
-        else:
-            v = _int(value, where, name)
-            for kind, names in _SINGLE.items():
-                if key in names:
-                    single[kind].add(v)
-                    break
-            else:
-                return None
-    if regions:
-        if set(regions) != {"WT", "TC", "ET"}:
+        table = _REGION_NAMES if regional else _SINGLE
+        kind = next((kind for kind, names in table.items() if key in names), None)
+        if kind is None:
             return None
-        return regions
+        if regional:
+            regions[kind] = regions.get(kind, set()) | values
+        else:
+            single[kind] |= values
+    if regional:
+        return regions if set(regions) == {"WT", "TC", "ET"} else None
     if not single["ET"] and not single["NCR"] and not single["ED"]:
         return None
     et = single["ET"]
     tc = et | single["NCR"]
     return {"ET": et, "TC": tc, "WT": tc | single["ED"]}
-
-
-def _int(value: Any, where: str, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"{where}: label '{name}' must have an integer value (or a list of them); got {value!r}.")
-    return int(value)
 
 
 def mapping_from_regions(regions: dict[str, set[int]], where: str) -> dict[int, int]:
@@ -183,8 +213,14 @@ class NnunetSource(VolumeSource):
         mapping = mapping_from_regions(regions, str(spec_path))
         declared: set[int] = set()
         for name, value in labels.items():
-            declared.update(value if isinstance(value, list) else [value])
-        outside = sorted(v for v in declared if isinstance(v, int) and v not in mapping)
+            if name == IGNORE:  # unannotated voxels: no tumour region claims them, so they count as background
+                ignore = label_value(value, str(spec_path), name)
+                if ignore in mapping and mapping[ignore] != 0:
+                    raise DataError(f"{spec_path}: the ignore label {ignore} is also a tumour label; nnU-Net needs it above every other label.")
+                mapping[ignore] = 0
+                continue
+            declared.update(label_values(value, str(spec_path), name))
+        outside = sorted(v for v in declared if v not in mapping)
         if outside:
             raise DataError(
                 f"{spec_path}: label values {outside} belong to no region ET/TC/WT; add them to 'regions' or remove them from 'labels'."

@@ -89,3 +89,43 @@ def test_regions_parameter_is_validated():
         create_dataset("nnunet", root="x", regions={"ET": [3]})
     with pytest.raises(ConfigError, match="other_fraction"):
         create_dataset("nnunet", root="x", other_fraction=2)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        # region-based, a one-value region written as a number (nnU-Net's LabelManager reads it)
+        {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3},
+        # region-based with tuples-as-lists in another order, and an ignore label above every other
+        {"background": 0, "enhancing tumor": [3], "tumor core": [3, 2], "whole tumor": [3, 2, 1], "ignore": 4},
+        # one label per entry, one written as a one-value list
+        {"background": 0, "edema": 1, "necrotic": [2], "enhancing": 3},
+    ],
+    ids=["region-as-number", "ignore-label", "label-as-list"],
+)
+def test_every_labels_form_nnunet_reads(tmp_path, labels):
+    root = write_nnunet(tmp_path / "Dataset003_Forms", 2, labels=labels)
+    data = create_dataset("nnunet", root=str(root)).load()
+    common = np.asarray(data.labels)
+    assert [int((common == v).sum()) for v in (NCR, ED, ET)] == [2 * PLANTED[NCR], 2 * PLANTED[ED], 2 * PLANTED[ET]]
+
+
+def test_ignore_voxels_read_as_background(tmp_path):
+    labels = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3], "ignore": 4}
+    root = write_nnunet(tmp_path / "Dataset004_Ignore", 1, to_source={0: 4, ED: 1, NCR: 2, ET: 3}, labels=labels)
+    data = create_dataset("nnunet", root=str(root)).load()
+    assert set(np.unique(np.asarray(data.labels)).tolist()) == {0, NCR, ED, ET}
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ({"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": "three"}, "must have an integer value"),
+        ({"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": []}, "lists no value"),
+        ({"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3, "ignore": 3}, "ignore label 3"),
+    ],
+)
+def test_bad_labels_forms_name_the_entry(tmp_path, labels, message):
+    root = write_nnunet(tmp_path / "Dataset005_Bad", 1, labels=labels)
+    with pytest.raises(DataError, match=message):
+        create_dataset("nnunet", root=str(root)).load()
