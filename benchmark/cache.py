@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import BenchError
 from .normalisation import normalisation_named
+from .paths import CACHE_ENV, cache_root
 from .sliceset import SliceSet
 
 __all__ = [
@@ -31,20 +32,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "POISONBENCH_CACHE"
 MANIFEST = "manifest.json"
 #: Layout of a cached SliceSet, recorded in its manifest: a cache written in another
 #: layout (1: before normalisation masks and rule were stored) is rebuilt, not misread.
 SLICESET_FORMAT = 2
-
-
-def cache_root() -> Path:
-    """``$POISONBENCH_CACHE``, else ``$XDG_CACHE_HOME/poisonbench``, else ``~/.cache/poisonbench``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "poisonbench"
 
 
 def artifact_dir(kind: str, key: str, root: Path | None = None) -> Path:

@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from .paths import cache_root
+
 __all__ = ["SPILL_ENV", "allocate", "take_rows", "map_rows", "concat_rows", "all_finite"]
 
 SPILL_ENV = "POISONBENCH_SPILL_BYTES"
@@ -31,8 +33,6 @@ def allocate(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if nbytes <= _limit() or nbytes == 0:
         return np.empty(shape, dtype)
-    from .cache import cache_root
-
     folder = cache_root() / "spill"
     folder.mkdir(parents=True, exist_ok=True)
     return np.memmap(tempfile.TemporaryFile(dir=folder), dtype=dtype, mode="w+", shape=shape)
