@@ -23,7 +23,7 @@ import numpy as np
 from .errors import BenchError
 from .normalisation import normalisation_named
 from .paths import CACHE_ENV, cache_root
-from .sliceset import SliceSet
+from .sliceset import SliceSet, meta_from_json
 
 __all__ = [
     "CACHE_ENV", "SLICESET_FORMAT", "cache_root", "artifact_dir", "build_artifact", "load_sliceset", "save_sliceset",
@@ -152,9 +152,7 @@ def load_sliceset(folder: Path, mmap: bool = True) -> SliceSet:
         for name in ("images", "labels", "case_ids", "poisoned", "norm_masks")
         if name != "norm_masks" or (folder / "norm_masks.npy").is_file()
     }
-    meta = manifest.get("meta", {})
-    if "source_labels" in meta:
-        meta["source_labels"] = {int(k): int(v) for k, v in meta["source_labels"].items()}
+    meta = meta_from_json(manifest.get("meta", {}))
     return SliceSet(
         channels=tuple(manifest["channels"]), meta=meta, normalisation=normalisation_named(manifest.get("normalisation")), **arrays
     )

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_SEED",
     "MAX_YAML_DEPTH",
     "MAX_YAML_NODES",
+    "MAX_LOAD_WORKERS",
     "TaskConfig",
     "SplitConfig",
     "ExecutorConfig",
@@ -54,6 +55,8 @@ MAX_YAML_DEPTH = 64
 """Deepest nesting of YAML collections accepted."""
 MAX_YAML_NODES = 100_000
 """Most values a YAML document may expand to once its aliases are followed (no alias bombs)."""
+MAX_LOAD_WORKERS = 1024
+"""Most processes ``dataset.workers`` may ask for."""
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
@@ -164,6 +167,10 @@ class SweepConfig:
     executor: ExecutorConfig
     out: str
     source: str = "<config>"
+    #: ``dataset.workers``: processes reading cases when the data set is built (None: the
+    #: cores this process may use). It changes how fast the data is read, not the data, so
+    #: it is in neither the dataset's parameters, its fingerprint, the cell keys nor `resolved`.
+    dataset_workers: int | None = None
 
     def resolved(self) -> dict[str, Any]:
         """The whole sweep as plain data (stored with results and exports)."""
@@ -455,7 +462,8 @@ def validate_config(data: dict[str, Any], source: str = "<config>") -> SweepConf
 
     dataset = None
     if isinstance(sections["dataset"], (dict, str)):
-        dataset = _plugin_spec(DATASETS, sections["dataset"], "dataset", problems)
+        dataset = _plugin_spec(DATASETS, sections["dataset"], "dataset", problems, drop=("workers",))
+    dataset_workers = _dataset_workers(sections["dataset"], problems)
     segmenters = [
         _plugin_spec(SEGMENTERS, s, f"segmenters[{i}]", problems) for i, s in enumerate(_as_list(sections["segmenters"]))
     ]
@@ -486,7 +494,22 @@ def validate_config(data: dict[str, Any], source: str = "<config>") -> SweepConf
         executor=raw.executor,
         out=raw.out,
         source=source,
+        dataset_workers=dataset_workers,
     )
+
+
+def _dataset_workers(raw: Any, problems: list[str]) -> int | None:
+    """``dataset.workers``, the processes reading the data set's cases; None (unset or null): the cores this process may use."""
+    value = raw.get("workers") if isinstance(raw, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LOAD_WORKERS:
+        problems.append(
+            f"dataset.workers: expected a number of processes in [1, {MAX_LOAD_WORKERS}], or null for the cores this "
+            f"process may use; got {_short(value)}."
+        )
+        return None
+    return value
 
 
 def _as_list(value: Any) -> list[Any]:

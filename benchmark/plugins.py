@@ -90,6 +90,10 @@ class Plugin:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[PluginParams]] = PluginParams
+    #: Parameters whose values name channels of the data set (a name, a list of names, or
+    #: None for the plugin's default); `bench validate` checks them against the data set's
+    #: channels before anything runs. Override `named_channels` for anything subtler.
+    channel_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any):
         self.params = self.Params(**params)
@@ -103,6 +107,21 @@ class Plugin:
     def bind(self, context: RunContext) -> None:
         """Receive the cell's context before any other call."""
         self.context = context
+
+    def named_channels(self) -> dict[str, tuple[str, ...]]:
+        """Channels of the data set this plugin's parameters name, by parameter.
+
+        Returns:
+            parameter name -> channel names it gives (empty parameters left out); by
+            default the values of `channel_parameters`.
+        """
+        named: dict[str, tuple[str, ...]] = {}
+        for parameter in self.channel_parameters:
+            value = getattr(self.params, parameter)
+            names = (value,) if isinstance(value, str) else tuple(value or ())
+            if names:
+                named[parameter] = names
+        return named
 
     def channel_of(self, parameter: str, channels: tuple[str, ...]) -> int:
         """Index in ``channels`` of the channel named by one of this plugin's parameters.
@@ -121,6 +140,25 @@ class Plugin:
 
 class DatasetSource(Plugin):
     """A data set: ``load()`` returns every case as one `SliceSet`."""
+
+    def channels(self) -> tuple[str, ...] | None:
+        """Names of the channels ``load()`` yields, known without loading the data.
+
+        The config is checked against them (``task.inputs``, the channels attacks and
+        defenses name) before anything runs. None, the default, when only reading the
+        data tells; the checks then wait for the data.
+        """
+        return None
+
+    def protected_folders(self) -> tuple[Path, ...]:
+        """Folders the source reads its data from: nothing is ever written inside them
+        (an export refuses an output folder there). None by default (generated data)."""
+        return ()
+
+    #: Processes reading cases at once when ``load()`` builds the cached data set (the
+    #: config's ``dataset.workers``; None: the cores this process may use). How the data
+    #: is read, not what it is: never part of the fingerprint.
+    workers: int | None = None
 
     def fingerprint(self) -> str:
         """Stable identity of the data this source yields (hash of what determines it)."""
@@ -186,6 +224,16 @@ class Attack(Plugin):
         """Channels the attack reads to write its poison (a translator's inputs); shown
         beside the poison in the examples figure. None by default."""
         return ()
+
+    def named_channels(self) -> dict[str, tuple[str, ...]]:
+        """`Plugin.named_channels`, with the `source_channels` no declared parameter gives
+        listed under ``source``."""
+        named = super().named_channels()
+        given = {name for names in named.values() for name in names}
+        sources = tuple(name for name in self.source_channels() if name not in given)
+        if sources:
+            named["source"] = (*named.get("source", ()), *sources)
+        return named
 
 
 class CaseAttack(Attack):
@@ -260,6 +308,8 @@ class IntensityAttack(CaseAttack):
     the `SliceSet`) and the real case's background stays 0, so poison differs from real
     data only where the attack means it to. No subclass needs to know the data set.
     """
+
+    channel_parameters: ClassVar[tuple[str, ...]] = ("target",)
 
     #: Parameter values at which `alter_case` returns the real channel (the attack's strength
     #: at zero), e.g. ``{"severity": 0.0}``; None for a family without such a setting (the
@@ -382,7 +432,12 @@ class Defense(Plugin):
         """Learn what clean data looks like from the trusted cases (may be None)."""
 
     def score(self, train: SliceSet) -> dict[str, float]:
-        """Per-case suspicion; higher is more suspicious."""
+        """Per-case suspicion; higher is more suspicious.
+
+        Called once per cell, with every training case, the trusted ones included: their
+        scores calibrate the decision rule (`decide`), so a trusted case is scored out of
+        sample (leave-one-out against the trusted reference, say).
+        """
         raise NotImplementedError
 
     def decide(self, scores: dict[str, float], trusted_scores: dict[str, float] | None = None) -> list[str]:

@@ -61,6 +61,7 @@ class SweepPlan:
 def plan_sweep(config: SweepConfig) -> SweepPlan:
     """Create the data source and expand the cells (cheap: nothing is loaded)."""
     source = create_plugin(DATASETS, config.dataset.name, config.dataset.params, "dataset")
+    source.workers = config.dataset_workers
     fingerprint = source.fingerprint()
     return SweepPlan(config, source, fingerprint, expand_cells(config, fingerprint, package_version()))
 
@@ -252,10 +253,12 @@ class CellRunner:
             seed = int(rng.integers(0, 2**63))
             defense.bind(replace(context, seed=seed, cache_dir=Path(scratch), dataset_fingerprint=""))
             defense.fit(view.trusted)
+            # one call scores every training case, the trusted ones among them: their scores
+            # (out of sample, as `Defense.score` promises) calibrate the decision rule
             scores = _defense_scores(defense.score(view.train), view.train, who)
-            trusted_scores = _defense_scores(defense.score(view.trusted), view.trusted, who) if view.trusted is not None else None
         # trusted cases are never attacked and never removable: the others are the candidates
         hidden_trusted = set(view.trusted.cases) if view.trusted is not None else set()
+        trusted_scores = {case: value for case, value in scores.items() if case in hidden_trusted} if hidden_trusted else None
         candidates = {case: value for case, value in scores.items() if case not in hidden_trusted}
         removed_hidden = [str(case) for case in defense.decide(candidates, trusted_scores)]
         stray = sorted(set(removed_hidden) - set(candidates))

@@ -11,7 +11,32 @@ from .errors import DataError
 from .normalisation import Normalisation
 from .spill import concat_rows, map_rows, take_rows
 
-__all__ = ["SliceSet"]
+__all__ = ["SliceSet", "meta_from_json"]
+
+
+def meta_from_json(meta: dict[str, Any]) -> dict[str, Any]:
+    """A SliceSet's ``meta`` as read back from JSON, with its integer-keyed mappings restored.
+
+    JSON writes every mapping key as text; a mapping whose keys all read as integers (a
+    label map, value -> value) gets integer keys back, at any depth. Readers of cached
+    data sets call this rather than knowing which keys a source puts in its ``meta``.
+
+    Args:
+        meta: the ``meta`` mapping as parsed from JSON.
+
+    Returns:
+        a new mapping; ``meta`` is left as it was.
+    """
+    return {key: _int_keyed(value) for key, value in meta.items()}
+
+
+def _int_keyed(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    restored = {key: _int_keyed(item) for key, item in value.items()}
+    if restored and all(isinstance(key, str) and key.lstrip("-").isdigit() for key in restored):
+        return {int(key): item for key, item in restored.items()}
+    return restored
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,6 +7,9 @@ slice selection, centre crop/pad, per-case z-score over the brain mask of the ke
 intensities normalise them alike, see `benchmark.normalisation`), and a cache
 builder that streams case after case into ``.npy`` files on disk, so a data set larger
 than RAM is never held whole. The cached images (and labels) are memory-mapped on load.
+Cases are read by ``dataset.workers`` processes at once (default: the cores this process
+may use; `benchmark.datasets._parallel`) and appended in case order, so the cache is the
+same bytes whatever the count.
 
 Volumes are taken as stored (no reorientation): the third voxel axis is the slice axis,
 as in BraTS, MSD and nnU-Net conversions of them; slice ``k`` is ``volume[:, :, k]``.
@@ -14,6 +17,7 @@ as in BraTS, MSD and nnU-Net conversions of them; slice ``k`` is ``volume[:, :, 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -30,9 +34,10 @@ from pydantic import Field, field_validator
 from ..cache import MANIFEST, artifact_dir, build_artifact
 from ..errors import DataError
 from ..normalisation import ZSCORE, normalisation_named
-from ..plugins import DatasetSource, PluginParams
+from ..plugins import DatasetSource, PluginParams, RunContext
 from ..regions import to_common_labels
-from ..sliceset import SliceSet
+from ..sliceset import SliceSet, meta_from_json
+from ._parallel import CaseReads, default_workers
 
 __all__ = [
     "READER_VERSION",
@@ -273,7 +278,8 @@ class StreamingArray:
     def append(self, block: np.ndarray) -> None:
         if tuple(block.shape[1:]) != self.tail:
             raise DataError(f"{self.path.name}: block of shape {block.shape} does not continue {self.tail}.")
-        self._file.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        # written from the array's own buffer: a memory-mapped block is not copied first
+        self._file.write(memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B"))
         self.rows += len(block)
 
     def close(self) -> None:
@@ -291,9 +297,7 @@ def load_mapped_sliceset(folder: Path) -> SliceSet:
     masks_file = folder / "norm_masks.npy"
     norm_masks = np.load(masks_file, mmap_mode="r", allow_pickle=False) if masks_file.is_file() else None
     poisoned = np.zeros(len(case_ids), dtype=bool)
-    meta = manifest.get("meta", {})
-    if "source_labels" in meta:
-        meta["source_labels"] = {int(k): int(v) for k, v in meta["source_labels"].items()}
+    meta = meta_from_json(manifest.get("meta", {}))
     return SliceSet(
         images=images, labels=labels, case_ids=case_ids, poisoned=poisoned, channels=tuple(manifest["channels"]), meta=meta,
         norm_masks=norm_masks, normalisation=normalisation_named(manifest.get("normalisation")),
@@ -326,6 +330,21 @@ class VolumeSource(DatasetSource):
     @property
     def root(self) -> Path:
         return Path(self.params.root).expanduser()
+
+    def channels(self) -> tuple[str, ...] | None:
+        """The ``modalities`` asked for, else those the folder's cases have (its files are
+        listed, none is read); None while the folder cannot be listed."""
+        if self.params.modalities:
+            return tuple(self.params.modalities)
+        if not self.root.is_dir():
+            return None
+        try:
+            return tuple(self.discover()[1])
+        except DataError:  # reported with its file when the data set is loaded
+            return None
+
+    def protected_folders(self) -> tuple[Path, ...]:
+        return (self.root,)
 
     def check_root(self) -> Path:
         root = self.root
@@ -440,9 +459,11 @@ class VolumeSource(DatasetSource):
         case_ids: list[str] = []
         shape: tuple[int, int] | None = None
         first_case = ""
+        # cases are read in parallel (`dataset.workers`) and appended here in case order
+        reads = CaseReads(_CaseReader(self, channels), cases, self.workers or default_workers(), tmp / ".cases", _case_file)
         try:
-            for case in self.context.track(cases, f"reading {self.name}", total=len(cases)):
-                images, labels, brain = self.read_case(case, channels)
+            for case, read in self.context.track(reads, f"reading {self.name}", total=len(cases)):
+                images, labels, brain = read
                 if len(images) == 0:
                     warnings.warn(f"case {case.case_id}: no slice selected (slices: {self.params.slices}); the case is left out.", stacklevel=2)
                     continue
@@ -461,6 +482,7 @@ class VolumeSource(DatasetSource):
                 masks_out.append(brain)  # type: ignore[union-attr]
                 case_ids.extend([case.case_id] * len(images))
         finally:
+            reads.close()
             for out in (images_out, labels_out, masks_out):
                 if out is not None:
                     out.close()
@@ -471,6 +493,28 @@ class VolumeSource(DatasetSource):
             (tmp / "norm_masks.npy").unlink()
         normalisation = ZSCORE.name if self.params.normalize else None
         return {"channels": list(channels), "meta": self.source_meta(), "root": str(self.root), "normalisation": normalisation}
+
+
+class _CaseReader:
+    """``source.read_case(case, channels)`` as a picklable callable for the reading processes.
+
+    It holds a copy of the source without its run context: progress bars stay with the
+    process that appends the cases.
+    """
+
+    def __init__(self, source: VolumeSource, channels: Sequence[str]):
+        self.source = copy.copy(source)
+        self.source.context = RunContext()
+        self.channels = list(channels)
+
+    def __call__(self, case: CaseFiles) -> tuple[Any, ...]:
+        return self.source.read_case(case, self.channels)
+
+
+def _case_file(case: CaseFiles) -> str:
+    """A case named by its segmentation file (or first image), for errors about the whole case."""
+    path = case.label or next(iter(case.channels.values()))[0]
+    return f"{path} (case {case.case_id})"
 
 
 def list_nifti(folder: Path) -> list[Path]:

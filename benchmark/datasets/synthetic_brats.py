@@ -58,6 +58,9 @@ class SyntheticBratsSource(DatasetSource):
         payload = {"name": self.name, "params": params, "generator": GENERATOR_VERSION}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
+    def channels(self) -> tuple[str, ...]:
+        return tuple(CHANNELS)
+
     def load(self) -> SliceSet:
         return cached_sliceset("datasets", f"synthetic-brats-{self.fingerprint()}", self._generate)
 
