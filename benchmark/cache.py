@@ -21,12 +21,14 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import BenchError
+from .geometry import SliceGeometry
 from .normalisation import normalisation_named
 from .paths import CACHE_ENV, cache_root
 from .sliceset import SliceSet, meta_from_json
 
 __all__ = [
     "CACHE_ENV", "SLICESET_FORMAT", "cache_root", "artifact_dir", "build_artifact", "load_sliceset", "save_sliceset",
+    "save_geometry", "load_geometry",
     "cached_sliceset", "sha256_file",
 ]
 
@@ -34,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 #: Layout of a cached SliceSet, recorded in its manifest: a cache written in another
-#: layout (1: before normalisation masks and rule were stored) is rebuilt, not misread.
-SLICESET_FORMAT = 2
+#: layout (1: before normalisation masks and rule were stored; 2: before slice geometry
+#: was stored) is rebuilt, not misread.
+SLICESET_FORMAT = 3
 
 
 def artifact_dir(kind: str, key: str, root: Path | None = None) -> Path:
@@ -135,6 +138,8 @@ def save_sliceset(folder: Path, data: SliceSet) -> dict[str, Any]:
         np.save(folder / f"{name}.npy", np.asarray(getattr(data, name)), allow_pickle=False)
     if data.norm_masks is not None:
         np.save(folder / "norm_masks.npy", np.asarray(data.norm_masks, dtype=bool), allow_pickle=False)
+    if data.geometry is not None:
+        save_geometry(folder, data.geometry)
     return {
         "format": SLICESET_FORMAT,
         "channels": list(data.channels),
@@ -154,7 +159,23 @@ def load_sliceset(folder: Path, mmap: bool = True) -> SliceSet:
     }
     meta = meta_from_json(manifest.get("meta", {}))
     return SliceSet(
-        channels=tuple(manifest["channels"]), meta=meta, normalisation=normalisation_named(manifest.get("normalisation")), **arrays
+        channels=tuple(manifest["channels"]), meta=meta, normalisation=normalisation_named(manifest.get("normalisation")),
+        geometry=load_geometry(folder), **arrays
+    )
+
+
+def save_geometry(folder: Path, geometry: SliceGeometry) -> None:
+    """Write a slice set's geometry as ``slice_affines.npy`` and ``slice_index.npy``."""
+    np.save(folder / "slice_affines.npy", np.asarray(geometry.affines, dtype=np.float64), allow_pickle=False)
+    np.save(folder / "slice_index.npy", np.asarray(geometry.index, dtype=np.int64), allow_pickle=False)
+
+
+def load_geometry(folder: Path) -> SliceGeometry | None:
+    """The geometry `save_geometry` wrote in ``folder``, or None when there is none."""
+    if not (folder / "slice_affines.npy").is_file():
+        return None
+    return SliceGeometry(
+        np.load(folder / "slice_affines.npy", allow_pickle=False), np.load(folder / "slice_index.npy", allow_pickle=False)
     )
 
 

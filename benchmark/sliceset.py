@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import DataError
+from .geometry import SliceGeometry
 from .normalisation import Normalisation
 from .spill import concat_rows, map_rows, take_rows
 
@@ -55,6 +56,8 @@ class SliceSet:
             case's intensities (its brain mask), or None when the source records none.
         normalisation: the data set's normalisation rule, or None when unrecorded (see
             `benchmark.normalisation`; attacks that write intensities follow both).
+        geometry: each slice's case grid affine and index in it (`benchmark.geometry`),
+            or None when the source records none. Not part of any data fingerprint.
     """
 
     images: np.ndarray
@@ -65,6 +68,7 @@ class SliceSet:
     meta: dict[str, Any] = field(default_factory=dict)
     norm_masks: np.ndarray | None = None
     normalisation: Normalisation | None = None
+    geometry: SliceGeometry | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -85,6 +89,8 @@ class SliceSet:
                 f"SliceSet norm_masks must be bool [N, H, W] = {self.labels.shape}; "
                 f"got {self.norm_masks.dtype} {self.norm_masks.shape}."
             )
+        if self.geometry is not None and len(self.geometry) != n:
+            raise DataError(f"SliceSet geometry must describe its {n} slices; it describes {len(self.geometry)}.")
 
     @classmethod
     def create(
@@ -97,6 +103,7 @@ class SliceSet:
         meta: dict[str, Any] | None = None,
         norm_masks: np.ndarray | None = None,
         normalisation: Normalisation | None = None,
+        geometry: SliceGeometry | None = None,
     ) -> SliceSet:
         case_ids = np.asarray(case_ids, dtype=str)
         if poisoned is None:
@@ -110,6 +117,7 @@ class SliceSet:
             meta=dict(meta or {}),
             norm_masks=None if norm_masks is None else np.asarray(norm_masks, dtype=bool),
             normalisation=normalisation,
+            geometry=geometry,
         )
 
     def __len__(self) -> int:
@@ -145,6 +153,7 @@ class SliceSet:
             case_ids=self.case_ids[index],
             poisoned=self.poisoned[index],
             norm_masks=None if self.norm_masks is None else take_rows(self.norm_masks, index),
+            geometry=None if self.geometry is None else self.geometry.take(index),
         )
 
     def select_channels(self, names: Sequence[str]) -> np.ndarray:
@@ -188,4 +197,5 @@ class SliceSet:
             meta=dict(first.meta),
             norm_masks=masks,
             normalisation=rule,
+            geometry=SliceGeometry.concatenate([p.geometry for p in parts]),
         )

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -31,8 +32,9 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import Field, field_validator
 
-from ..cache import MANIFEST, artifact_dir, build_artifact
+from ..cache import MANIFEST, artifact_dir, build_artifact, load_geometry, save_geometry
 from ..errors import DataError
+from ..geometry import SliceGeometry
 from ..normalisation import ZSCORE, normalisation_named
 from ..plugins import DatasetSource, PluginParams, RunContext
 from ..regions import to_common_labels
@@ -51,6 +53,7 @@ __all__ = [
     "brain_mask",
     "select_slices",
     "crop_or_pad",
+    "crop_shift",
     "folder_fingerprint",
     "StreamingArray",
     "load_mapped_sliceset",
@@ -233,6 +236,20 @@ def crop_or_pad(array: np.ndarray, size: int | None) -> np.ndarray:
     return out
 
 
+def crop_shift(shape: Sequence[int], size: int | None) -> np.ndarray:
+    """Voxel shift (4x4) from the grid `crop_or_pad` makes of a volume's first two axes to the volume's own.
+
+    Composed after the volume's affine, it gives the affine of the cropped or padded grid:
+    row ``r`` of the output is row ``r + start`` of a cropped axis, ``r - before`` of a padded one.
+    """
+    shift = np.eye(4)
+    if size is not None:
+        for axis in (0, 1):
+            n = int(shape[axis])
+            shift[axis, 3] = (n - size) // 2 if n > size else -((size - n) // 2)
+    return shift
+
+
 def folder_fingerprint(root: Path, name: str, params: dict[str, Any]) -> str:
     """Hash of the folder's file list, sizes and modification times, the params and the reader version."""
     entries = []
@@ -300,7 +317,7 @@ def load_mapped_sliceset(folder: Path) -> SliceSet:
     meta = meta_from_json(manifest.get("meta", {}))
     return SliceSet(
         images=images, labels=labels, case_ids=case_ids, poisoned=poisoned, channels=tuple(manifest["channels"]), meta=meta,
-        norm_masks=norm_masks, normalisation=normalisation_named(manifest.get("normalisation")),
+        norm_masks=norm_masks, normalisation=normalisation_named(manifest.get("normalisation")), geometry=load_geometry(folder),
     )
 
 
@@ -359,6 +376,9 @@ class VolumeSource(DatasetSource):
     def load(self) -> SliceSet:
         key = f"{self.name}-{self.fingerprint()}"
         folder = build_artifact(artifact_dir("datasets", key), self._build)
+        if load_geometry(folder) is None:  # cached before slice geometry was recorded: same arrays, rebuilt once
+            shutil.rmtree(folder, ignore_errors=True)
+            folder = build_artifact(folder, self._build)
         return load_mapped_sliceset(folder)
 
     def plan(self) -> tuple[list[CaseFiles], list[str]]:
@@ -387,7 +407,9 @@ class VolumeSource(DatasetSource):
             raise DataError(f"{self.root}: no case with a segmentation was found.")
         return kept, wanted
 
-    def read_case(self, case: CaseFiles, channels: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read_case(
+        self, case: CaseFiles, channels: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, SliceGeometry]:
         """One case's kept slices.
 
         Statistics of the z-score are those of the kept, cropped slices, so the stored
@@ -395,7 +417,9 @@ class VolumeSource(DatasetSource):
 
         Returns:
             (float32 images ``[S, C, H, W]``, uint8 common labels ``[S, H, W]``, bool brain
-            masks ``[S, H, W]``: the voxels the z-score was computed over).
+            masks ``[S, H, W]``: the voxels the z-score was computed over, their geometry: the
+            segmentation's affine shifted by the in-plane crop/pad, and each slice's index
+            in the source volume).
         """
         p = self.params
         label_raw, label_affine = read_nifti(case.label, f"segmentation of case {case.case_id}")  # type: ignore[arg-type]
@@ -449,7 +473,8 @@ class VolumeSource(DatasetSource):
         head = brain_mask(np.moveaxis(images, 1, 0))  # [S, H, W]
         if p.normalize:
             images = np.moveaxis(zscore_over(np.moveaxis(images, 1, 0), head), 0, 1)
-        return images.astype(np.float32, copy=False), masks, head
+        geometry = SliceGeometry.for_case(label_affine @ crop_shift(label_raw.shape, p.size), keep)
+        return images.astype(np.float32, copy=False), masks, head, geometry
 
     def _build(self, tmp: Path) -> dict[str, Any]:
         cases, channels = self.plan()
@@ -457,13 +482,14 @@ class VolumeSource(DatasetSource):
         labels_out: StreamingArray | None = None
         masks_out: StreamingArray | None = None
         case_ids: list[str] = []
+        geometries: list[SliceGeometry] = []
         shape: tuple[int, int] | None = None
         first_case = ""
         # cases are read in parallel (`dataset.workers`) and appended here in case order
         reads = CaseReads(_CaseReader(self, channels), cases, self.workers or default_workers(), tmp / ".cases", _case_file)
         try:
             for case, read in self.context.track(reads, f"reading {self.name}", total=len(cases)):
-                images, labels, brain = read
+                images, labels, brain, geometry = read
                 if len(images) == 0:
                     warnings.warn(f"case {case.case_id}: no slice selected (slices: {self.params.slices}); the case is left out.", stacklevel=2)
                     continue
@@ -481,6 +507,7 @@ class VolumeSource(DatasetSource):
                 labels_out.append(labels)  # type: ignore[union-attr]
                 masks_out.append(brain)  # type: ignore[union-attr]
                 case_ids.extend([case.case_id] * len(images))
+                geometries.append(geometry)
         finally:
             reads.close()
             for out in (images_out, labels_out, masks_out):
@@ -489,6 +516,7 @@ class VolumeSource(DatasetSource):
         if not case_ids:
             raise DataError(f"{self.root}: no slice was selected from any case.")
         np.save(tmp / "case_ids.npy", np.asarray(case_ids, dtype=str), allow_pickle=False)
+        save_geometry(tmp, SliceGeometry.concatenate(geometries))  # type: ignore[arg-type]
         if not self.params.normalize:  # normalised elsewhere: the rule and its mask are unknown
             (tmp / "norm_masks.npy").unlink()
         normalisation = ZSCORE.name if self.params.normalize else None

@@ -23,6 +23,10 @@ Geometry of the output:
     * The ``slices`` axial positions are evenly spaced and cover the tumour's
       z-extent plus a random margin, so that about 70-90 % of the slices show
       tumour; one slice always passes through the largest enhancing cross-section.
+    * Coordinates are subject mm (the MNI template's RAS+ space before each case's
+      deformation): :func:`grid_affine` maps voxel ``(row, column, slice)`` of a case's
+      stacked slices to them (:attr:`SyntheticBrats.affines`; pixel ``220 / size`` mm,
+      slice spacing that of the case's positions; orientation codes P, L, S).
 
 Labels follow the BraTS <= 2021 convention: 0 background, 1 necrotic core,
 2 edema, 4 enhancing tumour.
@@ -60,7 +64,9 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["CHANNELS", "CT_ENHANCEMENT_HU", "GENERATOR_VERSION", "SyntheticBrats", "generate_synthetic_brats"]
+__all__ = [
+    "CHANNELS", "CT_ENHANCEMENT_HU", "GENERATOR_VERSION", "SyntheticBrats", "generate_synthetic_brats", "grid_affine", "grid_axes",
+]
 
 CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair", "ct")
 """Channel order of :attr:`SyntheticBrats.images`."""
@@ -128,6 +134,9 @@ class SyntheticBrats:
         scale: float32 ``[cases, 5, 2]``; per case and channel the mean and standard
             deviation the z-score removed: ``image * std + mean`` is the rendered
             intensity (Hounsfield units on the ct channel).
+        slice_z: float64 ``[cases, slices]``; each slice's axial position (subject mm).
+        affines: float64 ``[cases, 4, 4]``; per case, voxel ``(row, column, k)`` of its
+            stacked slices (slice ``k``) -> subject mm (:func:`grid_affine`).
     """
 
     images: np.ndarray
@@ -136,6 +145,40 @@ class SyntheticBrats:
     brain: np.ndarray
     white_matter: np.ndarray
     scale: np.ndarray
+    slice_z: np.ndarray | None = None
+    affines: np.ndarray | None = None
+
+
+def grid_axes(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Subject mm of the in-plane grid: ``x`` of each column (patient right -> left) and
+    ``y`` of each row (anterior -> posterior), pixel centres of the 220 mm field of view."""
+    px = _FOV_MM / size
+    offs = (np.arange(size) + 0.5) * px - _FOV_MM / 2
+    return _CENTRE_MM[0] - offs, _CENTRE_MM[1] - offs
+
+
+def grid_affine(size: int, z: np.ndarray) -> np.ndarray:
+    """NIfTI affine of one case's stacked slices.
+
+    Args:
+        size: in-plane grid size.
+        z: the case's axial slice positions (subject mm, evenly spaced, ascending).
+
+    Returns:
+        float64 ``[4, 4]``: voxel ``(row, column, k)`` -> subject mm ``(x, y, z)`` (RAS+);
+        with one slice the slice spacing is taken equal to the pixel size.
+    """
+    xs, ys = grid_axes(size)
+    px = _FOV_MM / size
+    z = np.asarray(z, dtype=np.float64)
+    dz = float(z[1] - z[0]) if len(z) > 1 else px
+    affine = np.zeros((4, 4))
+    affine[0, 1] = -px  # columns run towards patient left: x falls
+    affine[1, 0] = -px  # rows run towards posterior: y falls
+    affine[2, 2] = dz
+    affine[:3, 3] = (xs[0], ys[0], z[0])
+    affine[3, 3] = 1.0
+    return affine
 
 
 # =========================================================================== templates
@@ -406,19 +449,24 @@ def _slice_positions(
     return start + dz * np.arange(slices)
 
 
+def _draw_anatomy(rng: np.random.Generator, tpl: _Templates) -> tuple[_Deformation, _Tumour]:
+    """A case's first draws: its deformation (subject mm -> template mm) and its tumour."""
+    scale = np.exp(rng.uniform(-0.05, 0.05) + rng.uniform(-0.02, 0.02, 3))
+    matrix = _rotation(rng, np.array([4.0, 3.0, 4.0])) @ np.diag(1.0 / scale)
+    deform = _Deformation(matrix, rng.uniform(-4.0, 4.0, 3), _SmoothFields(rng, 3, 32.0), float(rng.uniform(1.5, 3.5)))
+    return deform, _draw_tumour(rng, tpl)
+
+
 def _generate_case(rng: np.random.Generator, tpl: _Templates, slices: int, size: int, ct_contrast: bool = False):
     """Render one case.
 
     Returns:
         ``(images [S,5,H,W], labels [S,H,W], brain [S,H,W], white_matter [S,H,W],
-        scale [5, 2])``; with ``ct_contrast`` the random draws before the contrast are
+        scale [5, 2], slice positions z [S] in subject mm)``; with ``ct_contrast`` the random draws before the contrast are
         those of the unenhanced case, so the two differ only by the enhancement.
     """
     # ---- random draws that do not depend on size/slices (fixed order) ----
-    scale = np.exp(rng.uniform(-0.05, 0.05) + rng.uniform(-0.02, 0.02, 3))
-    matrix = _rotation(rng, np.array([4.0, 3.0, 4.0])) @ np.diag(1.0 / scale)
-    deform = _Deformation(matrix, rng.uniform(-4.0, 4.0, 3), _SmoothFields(rng, 3, 32.0), float(rng.uniform(1.5, 3.5)))
-    tumour = _draw_tumour(rng, tpl)
+    deform, tumour = _draw_anatomy(rng, tpl)
     t_csf = rng.uniform(1.0, 2.5)
     t_skull = t_csf + rng.uniform(4.0, 7.0)
     t_head = t_skull + rng.uniform(3.0, 5.0)
@@ -434,10 +482,7 @@ def _generate_case(rng: np.random.Generator, tpl: _Templates, slices: int, size:
     z = _slice_positions(rng, deform, tumour, tpl, slices)
 
     # ---- output grid: rows anterior->posterior, columns patient right->left ----
-    px = _FOV_MM / size
-    offs = (np.arange(size) + 0.5) * px - _FOV_MM / 2
-    xs = _CENTRE_MM[0] - offs
-    ys = _CENTRE_MM[1] - offs
+    xs, ys = grid_axes(size)
     pts = deform(xs, ys, z)  # [3, S, H, W] template mm
     sd = _sample(tpl.sdist, pts, tpl.origin, 2.0, "nearest")
     near_brain = sd < 4.0  # the brain mask / GM / WM are 0 beyond (2 mm sdist grid)
@@ -514,7 +559,7 @@ def _generate_case(rng: np.random.Generator, tpl: _Templates, slices: int, size:
         img[c] = (img[c] - v.mean()) / max(float(v.std()), 1e-6)
         img[c][~head] = 0.0
     white_matter = frac[2] >= 0.5
-    return img.transpose(1, 0, 2, 3), labels, brain, white_matter, scale
+    return img.transpose(1, 0, 2, 3), labels, brain, white_matter, scale, z
 
 
 def _single_threaded_blas() -> contextlib.AbstractContextManager:
@@ -559,7 +604,8 @@ def generate_synthetic_brats(
         :class:`SyntheticBrats` with ``cases*slices`` slices: images float32
         ``[N, 5, size, size]`` (channels :data:`CHANNELS`), labels uint8
         ``[N, size, size]``, case_ids str ``[N]``, brain and white_matter bool
-        ``[N, size, size]``, scale float32 ``[cases, 5, 2]``.
+        ``[N, size, size]``, scale float32 ``[cases, 5, 2]``, slice_z float64
+        ``[cases, slices]`` and affines float64 ``[cases, 4, 4]``.
     """
     if cases < 1 or slices < 1 or size < 8:
         raise ValueError(f"need cases >= 1, slices >= 1, size >= 8; got {cases}, {slices}, {size}")
@@ -570,16 +616,18 @@ def generate_synthetic_brats(
     brain = np.empty((n, size, size), bool)
     white_matter = np.empty((n, size, size), bool)
     scale = np.empty((cases, len(CHANNELS), 2), np.float32)
+    slice_z = np.empty((cases, slices), np.float64)
     with _single_threaded_blas():
         for i in range(cases):
             rng = np.random.default_rng([seed, i])
             sl = slice(i * slices, (i + 1) * slices)
-            images[sl], labels[sl], brain[sl], white_matter[sl], scale[i] = _generate_case(
+            images[sl], labels[sl], brain[sl], white_matter[sl], scale[i], slice_z[i] = _generate_case(
                 rng, tpl, slices, size, ct_contrast
             )
             if progress is not None:
                 progress(i + 1)
     case_ids = np.repeat(np.array([f"synth-{i:03d}" for i in range(cases)]), slices)
     return SyntheticBrats(
-        images=images, labels=labels, case_ids=case_ids, brain=brain, white_matter=white_matter, scale=scale
+        images=images, labels=labels, case_ids=case_ids, brain=brain, white_matter=white_matter, scale=scale,
+        slice_z=slice_z, affines=np.stack([grid_affine(size, z) for z in slice_z]),
     )

@@ -12,6 +12,11 @@ CT is unenhanced by default (the enhancing rim 31 HU against white matter 29 HU)
 30 HU and normal brain by 2-5 HU (values and references in
 `benchmark.datasets.synthetic_anatomy`), so that a translator from CT can know where the
 rim enhances. Every other channel and the labels stay those of the unenhanced data set.
+
+Each slice carries its geometry (`benchmark.geometry`): the generator's subject-mm grid
+(pixel ``220 / size`` mm, rows anterior -> posterior, columns patient right -> left, the
+case's own slice positions and spacing; see `synthetic_anatomy.grid_affine`). It is not
+part of the fingerprint: the images are those generated before it was recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pydantic import Field
 
 from ..cache import cached_sliceset
 from ..catalog import register_dataset
+from ..geometry import SliceGeometry
 from ..normalisation import ZSCORE
 from ..plugins import DatasetSource, PluginParams
 from ..regions import BRATS_2021_TO_COMMON, to_common_labels
@@ -72,6 +78,8 @@ class SyntheticBratsSource(DatasetSource):
         for _ in ticks:  # finish the bar
             pass
         labels = to_common_labels(generated.labels, BRATS_2021_TO_COMMON, "synthetic-brats")
+        # each case's slices are its own evenly spaced grid (slice k at index k), in subject mm
+        geometry = SliceGeometry.concatenate([SliceGeometry.for_case(affine, range(p.slices)) for affine in generated.affines])
         return SliceSet.create(
             generated.images,
             labels,
@@ -80,4 +88,5 @@ class SyntheticBratsSource(DatasetSource):
             meta={"source_labels": {common: source for source, common in BRATS_2021_TO_COMMON.items()}, "convention": "brats2021"},
             norm_masks=generated.brain,
             normalisation=ZSCORE,
+            geometry=geometry,
         )
