@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from benchmark import ExitCode
+from benchmark import BenchError, ExitCode
 
 __all__ = ["register_export", "register_leaderboard"]
 
@@ -37,13 +37,21 @@ def _add_command(sub: argparse._SubParsersAction, name: str, help: str, examples
 
 # -- export ---------------------------------------------------------------------------
 def register_export(sub: argparse._SubParsersAction) -> None:
+    from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, INSTALL_HINT
+
     p = _add_command(
-        sub, "export", "export a results database as a leaderboard submission bundle (JSON)",
+        sub, "export", "export a study as a leaderboard submission bundle (JSON) and/or as MLflow runs",
         "  bench export --to submission.json --name 'Jane Doe' --affiliation 'Example Lab'\n"
-        "  bench export --out paper-results --to paper.json --link https://example.org/paper",
+        "  bench export --out paper-results --to paper.json --link https://example.org/paper\n"
+        "  bench export --out paper-results --mlflow                      # ./mlruns\n"
+        "  bench export --out paper-results --mlflow sqlite:///mlflow.db --experiment paper",
     )
     p.add_argument("--out", default="results", help="output folder of the sweep, holding results.sqlite (default: results)")
-    p.add_argument("--to", required=True, metavar="FILE", help="where to write the bundle")
+    p.add_argument("--to", metavar="FILE", help="where to write the bundle")
+    p.add_argument("--mlflow", nargs="?", const=DEFAULT_TRACKING_URI, metavar="TRACKING_URI",
+                   help=f"write the study to MLflow: a parent run, one nested run per cell (default URI: {DEFAULT_TRACKING_URI}, "
+                        f"a local file store; needs {INSTALL_HINT})")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
     p.add_argument("--name", default="", help="submitter name (free text)")
     p.add_argument("--affiliation", default="", help="submitter affiliation (free text)")
     p.add_argument("--link", default="", help="link to a paper or code (free text)")
@@ -55,9 +63,19 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     from .bundle import export_bundle, write_bundle
 
-    bundle = export_bundle(args.out, {"name": args.name, "affiliation": args.affiliation, "link": args.link}, study=args.study)
-    path = write_bundle(bundle, args.to)
-    print(f"{path}: {len(bundle['cells'])} cell(s), digest {bundle['digest']}")
+    if args.to is None and args.mlflow is None:
+        raise BenchError("bench export: nothing to write; give --to FILE (a submission bundle), --mlflow [TRACKING_URI], or both.")
+    if args.to is not None:
+        bundle = export_bundle(args.out, {"name": args.name, "affiliation": args.affiliation, "link": args.link}, study=args.study)
+        path = write_bundle(bundle, args.to)
+        print(f"{path}: {len(bundle['cells'])} cell(s), digest {bundle['digest']}")
+    if args.mlflow is not None:
+        from .tracking import export_mlflow
+
+        done = export_mlflow(args.out, args.mlflow, study=args.study, experiment=args.experiment)
+        replaced = f"; replaced {done.replaced} run(s) of an earlier export" if done.replaced else ""
+        print(f"{done.tracking_uri}: experiment {args.experiment!r}, study run {done.parent_run_id} "
+              f"with {len(done.cell_run_ids)} cell run(s){replaced}")
     return int(ExitCode.OK)
 
 
