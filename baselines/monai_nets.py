@@ -8,11 +8,15 @@ mixed precision when the cell's device is ``cuda``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from pydantic import Field, field_validator
-from torch import nn
 
-from benchmark import PluginParams, Segmenter, fit_binary_segmentation, predict_binary_segmentation, register_segmenter
+from benchmark import PluginParams, Segmenter, register_segmenter
+
+if TYPE_CHECKING:  # torch and the training loop are imported when a network is built or trained
+    from torch import nn
 
 __all__ = ["MonaiSegmenter", "UNetSegmenter", "BasicUNetSegmenter", "AttentionUNetSegmenter", "SegResNetSegmenter"]
 
@@ -59,6 +63,8 @@ class MonaiSegmenter(Segmenter):
     def fit(self, images: np.ndarray, masks: np.ndarray) -> None:
         from monai.losses import DiceCELoss
 
+        from benchmark import fit_binary_segmentation
+
         self.net = self.build(images.shape[1])
         p = self.params
         self.history = fit_binary_segmentation(
@@ -69,6 +75,8 @@ class MonaiSegmenter(Segmenter):
         )
 
     def predict(self, images: np.ndarray) -> np.ndarray:
+        from benchmark import predict_binary_segmentation
+
         return predict_binary_segmentation(self.net, images, self.context)
 
 

@@ -1,187 +1,23 @@
 """poisonbench: how poisoned training data damages medical image segmentation.
 
-The public API that plugins use. Plugins import from ``benchmark`` only.
+Two public surfaces, both served from here (``from benchmark import X``):
+
+* `benchmark.sdk`, the plugin SDK: what attacks, defenses, segmenters and data sets
+  import (base classes, registration, `SliceSet`, normalisation, seeds, errors, the
+  artifact cache, the shared training loop). Plugins import from ``benchmark`` only.
+* `benchmark.tools`, the tools: config loading, the sweep runner, the results store,
+  metrics, analysis, reports and figures.
+
+Every name is imported from its module on first use, so ``import benchmark`` (and a
+plugin's parameter model) costs no torch.
 """
 
 from __future__ import annotations
 
-from .cache import artifact_dir, build_artifact, cache_root, cached_sliceset
-from .config import Cell, PluginSpec, SweepConfig, load_config, validate_config
-from .catalog import (
-    ATTACKS,
-    DATASETS,
-    DEFENSES,
-    SEGMENTERS,
-    create_attack,
-    create_dataset,
-    create_defense,
-    create_segmenter,
-    list_attacks,
-    list_datasets,
-    list_defenses,
-    list_segmenters,
-    register_attack,
-    register_dataset,
-    register_defense,
-    register_segmenter,
-)
-from .errors import BenchError, ConfigError, DataError, ExitCode, PluginError
-from .identity import NO_ATTACK, NO_DEFENSE, NoAttack, NoDefense
-from .metrics import METRICS, Aggregate, aggregate, case_metrics, metrics_from_confusion
-from .outputs import RESULTS_CSV_COLUMNS
-from .report import summary_frame
-from .defense_effect import RECOVERY_MIN_DAMAGE, defense_effect_frame
-from .analysis import (
-    ALPHA,
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
-    CURVE_METRICS,
-    DEFENSE_EFFECT_COLUMNS,
-    GROUP_COLUMNS,
-    MIN_SEEDS,
-    SUMMARY_COLUMNS,
-    DetectableDifference,
-    Interval,
-    adjust_p_values,
-    clean_baseline,
-    defense_effect,
-    detectable_difference,
-    dose_response_rows,
-    drop_interval,
-    mean_interval,
-    plugin_label,
-    plugin_labels,
-    seeds_note,
-    study_tables,
-    summary_table,
-)
-from .figures import plot_dose_response
-from .studies import Study, select_study, study_config, study_key
-from .store import ResultStore
-from .sweep import SweepResult, run_sweep
-from .plugins import (
-    Attack,
-    CaseAttack,
-    DatasetSource,
-    Defense,
-    DefenseParams,
-    IntensityAttack,
-    Plugin,
-    PluginParams,
-    RunContext,
-    Segmenter,
-    poison_order,
-    select_cases,
-)
-from .normalisation import IDENTITY, ZSCORE, CaseNormalisation, Normalisation, renormalise_like
-from .seeding import SEED_STREAMS, SeedStreams
-from .regions import REGIONS, region_mask, to_common_labels
-from .registry import Registry
-from .sliceset import SliceSet
-from .training import fit_binary_segmentation, predict_binary_segmentation
-from .environment import environment, git_commit, package_version
+from ._exports import lazy_attributes
+from .sdk import EXPORTS as _SDK
+from .tools import EXPORTS as _TOOLS
 
-__all__ = [
-    "Aggregate",
-    "Cell",
-    "PluginSpec",
-    "RESULTS_CSV_COLUMNS",
-    "ResultStore",
-    "SweepConfig",
-    "environment",
-    "git_commit",
-    "load_config",
-    "package_version",
-    "summary_frame",
-    "RECOVERY_MIN_DAMAGE",
-    "defense_effect_frame",
-    "ALPHA",
-    "BOOTSTRAP_RESAMPLES",
-    "BOOTSTRAP_SEED",
-    "CURVE_METRICS",
-    "DEFENSE_EFFECT_COLUMNS",
-    "GROUP_COLUMNS",
-    "MIN_SEEDS",
-    "NO_ATTACK",
-    "NO_DEFENSE",
-    "SUMMARY_COLUMNS",
-    "DetectableDifference",
-    "Interval",
-    "Study",
-    "adjust_p_values",
-    "clean_baseline",
-    "defense_effect",
-    "detectable_difference",
-    "dose_response_rows",
-    "drop_interval",
-    "mean_interval",
-    "plot_dose_response",
-    "plugin_label",
-    "plugin_labels",
-    "seeds_note",
-    "select_study",
-    "study_config",
-    "study_key",
-    "study_tables",
-    "summary_table",
-    "run_sweep",
-    "SweepResult",
-    "validate_config",
-    "ATTACKS",
-    "DATASETS",
-    "DEFENSES",
-    "SEGMENTERS",
-    "METRICS",
-    "REGIONS",
-    "Attack",
-    "BenchError",
-    "CaseAttack",
-    "ConfigError",
-    "DataError",
-    "DatasetSource",
-    "Defense",
-    "DefenseParams",
-    "ExitCode",
-    "NoAttack",
-    "NoDefense",
-    "Plugin",
-    "PluginError",
-    "PluginParams",
-    "Registry",
-    "RunContext",
-    "Segmenter",
-    "SliceSet",
-    "aggregate",
-    "artifact_dir",
-    "build_artifact",
-    "cache_root",
-    "cached_sliceset",
-    "case_metrics",
-    "create_attack",
-    "create_dataset",
-    "create_defense",
-    "create_segmenter",
-    "fit_binary_segmentation",
-    "list_attacks",
-    "list_datasets",
-    "list_defenses",
-    "list_segmenters",
-    "metrics_from_confusion",
-    "predict_binary_segmentation",
-    "region_mask",
-    "register_attack",
-    "register_dataset",
-    "register_defense",
-    "register_segmenter",
-    "select_cases",
-    "poison_order",
-    "IntensityAttack",
-    "CaseNormalisation",
-    "Normalisation",
-    "ZSCORE",
-    "IDENTITY",
-    "renormalise_like",
-    "SEED_STREAMS",
-    "SeedStreams",
-    "to_common_labels",
-]
+__all__ = [*_SDK, *_TOOLS]
+
+__getattr__, __dir__ = lazy_attributes("benchmark", {**_SDK, **_TOOLS})

@@ -32,8 +32,11 @@ __all__ = [
     "list_datasets",
 ]
 
-ATTACKS: Registry = Registry("attack", Attack, "attacks", "poisonbench.attacks")
-DEFENSES: Registry = Registry("defense", Defense, "defenses", "poisonbench.defenses")
+#: the identity attack and defense (``none``) register themselves in this module of the harness
+_IDENTITY = ("benchmark.identity",)
+
+ATTACKS: Registry = Registry("attack", Attack, "attacks", "poisonbench.attacks", _IDENTITY)
+DEFENSES: Registry = Registry("defense", Defense, "defenses", "poisonbench.defenses", _IDENTITY)
 SEGMENTERS: Registry = Registry("segmenter", Segmenter, "baselines", "poisonbench.segmenters")
 DATASETS: Registry = Registry("dataset", DatasetSource, "benchmark.datasets", "poisonbench.datasets")
 

@@ -44,12 +44,17 @@ class Registry(Generic[T]):
         base: every registered class must subclass it.
         builtin_package: top-level package whose modules hold the built-in plugins.
         entry_point_group: entry-point group of third-party plugins.
+        builtin_modules: further modules of the harness that register plugins of this
+            kind (the identity plugins), imported first on discovery. Defaults to none.
     """
 
-    def __init__(self, kind: str, base: type, builtin_package: str | None, entry_point_group: str):
+    def __init__(
+        self, kind: str, base: type, builtin_package: str | None, entry_point_group: str, builtin_modules: tuple[str, ...] = ()
+    ):
         self.kind = kind
         self.base = base
         self.builtin_package = builtin_package
+        self.builtin_modules = tuple(builtin_modules)
         self.entry_point_group = entry_point_group
         self._classes: dict[str, type] = {}
         self._discovered = False
@@ -112,6 +117,8 @@ class Registry(Generic[T]):
         if self._discovered:
             return
         self._discovered = True
+        for module in self.builtin_modules:
+            importlib.import_module(module)
         if self.builtin_package:
             self._import_builtin(self.builtin_package)
         if os.environ.get(AUTOLOAD_ENV, "").strip() not in ("1", "true", "yes"):

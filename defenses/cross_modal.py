@@ -58,6 +58,7 @@ class CrossModalDefense(Defense):
     """Predict the target modality from the case's other modalities (fit on trusted cases); score the disagreement."""
 
     requires_trusted = True
+    channel_parameters = ("target_channel", "sources")
 
     class Params(DefenseParams):
         target_channel: str | None = Field(

@@ -11,15 +11,17 @@ slices are averaged per case.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from benchmark import Defense, DefenseParams, SliceSet, fit_binary_segmentation, register_defense
+from benchmark import Defense, DefenseParams, SliceSet, register_defense
 
-from ._stats import ReferenceDistance, TinySegNet, case_means, encode, task_arrays
+from ._stats import ReferenceDistance, case_means, task_arrays
+
+if TYPE_CHECKING:
+    from ._networks import TinySegNet
 
 __all__ = ["FeatureOutlierDefense"]
 
@@ -49,6 +51,8 @@ class FeatureOutlierDefense(Defense):
 
     def features(self, data: SliceSet) -> tuple[list[str], np.ndarray]:
         """Per-case encoder representation ``[n_cases, D]``."""
+        from ._networks import encode
+
         images, masks = task_arrays(data, self.context)
         per_slice = encode(self.net, images, masks if self.params.use_masks else None, self.context.device)
         return case_means(per_slice, data.case_ids)
@@ -56,6 +60,12 @@ class FeatureOutlierDefense(Defense):
     def fit(self, trusted: SliceSet | None) -> None:
         if trusted is None:
             raise ValueError("feature-outlier needs trusted cases (split.trusted > 0)")
+        import torch
+
+        from benchmark import fit_binary_segmentation
+
+        from ._networks import TinySegNet
+
         images, masks = task_arrays(trusted, self.context)
         torch.manual_seed(self.context.seed)
         self.net = TinySegNet(images.shape[1], self.params.width)

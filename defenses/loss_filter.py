@@ -11,34 +11,40 @@ majority is learnt. Score: mean per-case loss over the epochs after ``warmup``
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from benchmark import Defense, DefenseParams, SliceSet, fit_binary_segmentation, register_defense
+from benchmark import Defense, DefenseParams, SliceSet, register_defense
 
-from ._stats import ScoreMemo, TinySegNet, case_order, task_arrays
+from ._stats import case_order, task_arrays
+
+if TYPE_CHECKING:
+    import torch
+
+    from ._networks import TinySegNet
 
 __all__ = ["LossFilterDefense"]
 
 
-@torch.no_grad()
 def _slice_signals(net: TinySegNet, images: np.ndarray, masks: np.ndarray, device: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Per-slice Dice+CE loss and soft Dice, ``([N], [N])``."""
+    import torch
+
     net.eval()
     losses, dices = [], []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)).to(device)
-        y = torch.from_numpy(np.ascontiguousarray(masks[start : start + batch_size], dtype=np.float32)).to(device).unsqueeze(1)
-        logits = net(x).float()
-        prob = torch.sigmoid(logits)
-        ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=(1, 2, 3))
-        inter = (prob * y).sum(dim=(1, 2, 3))
-        dice = (2 * inter + 1e-5) / (prob.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)) + 1e-5)
-        losses.append((ce + 1 - dice).cpu().numpy())
-        dices.append(dice.cpu().numpy())
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)).to(device)
+            y = torch.from_numpy(np.ascontiguousarray(masks[start : start + batch_size], dtype=np.float32)).to(device).unsqueeze(1)
+            logits = net(x).float()
+            prob = torch.sigmoid(logits)
+            ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(dim=(1, 2, 3))
+            inter = (prob * y).sum(dim=(1, 2, 3))
+            dice = (2 * inter + 1e-5) / (prob.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)) + 1e-5)
+            losses.append((ce + 1 - dice).cpu().numpy())
+            dices.append(dice.cpu().numpy())
     net.train()
     return np.concatenate(losses), np.concatenate(dices)
 
@@ -56,13 +62,15 @@ class LossFilterDefense(Defense):
 
     def __init__(self, **params):
         super().__init__(**params)
-        self.memo = ScoreMemo()
         self.history: dict[str, list[float]] = {}
 
     def score(self, train: SliceSet) -> dict[str, float]:
-        known = self.memo.lookup(train)
-        if known is not None:
-            return known
+        import torch
+
+        from benchmark import fit_binary_segmentation
+
+        from ._networks import TinySegNet
+
         images, masks = task_arrays(train, self.context)
         cases, rows = case_order(train.case_ids)
         counts = np.bincount(rows, minlength=len(cases)).astype(float)
@@ -83,6 +91,4 @@ class LossFilterDefense(Defense):
         )
         trajectory = np.stack(per_epoch)  # [epochs recorded, cases]
         self.history = {case: trajectory[:, i].tolist() for i, case in enumerate(cases)}
-        scores = dict(zip(cases, map(float, trajectory.mean(axis=0))))
-        self.memo.store(train, scores)
-        return scores
+        return dict(zip(cases, map(float, trajectory.mean(axis=0))))

@@ -130,6 +130,7 @@ class MriqcDefense(Defense):
     """MRIQC-style quality measures (SNR, CNR, CJV, EFC, FBER) per case, robust distance from trusted cases."""
 
     requires_trusted = True
+    channel_parameters = ("channels",)
 
     class Params(DefenseParams):
         channels: list[str] | None = Field(

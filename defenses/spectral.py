@@ -56,6 +56,7 @@ class SpectralDefense(Defense):
     """Azimuthally averaged log power spectrum per case (GAN up-sampling traces), distance from trusted cases."""
 
     requires_trusted = True
+    channel_parameters = ("channels",)
 
     class Params(DefenseParams):
         channels: list[str] | None = Field(None, description="channels to analyse; default: the task's input channels")

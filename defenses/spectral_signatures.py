@@ -19,12 +19,11 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from benchmark import Defense, DefenseParams, SliceSet, fit_binary_segmentation, register_defense
+from benchmark import Defense, DefenseParams, SliceSet, register_defense
 
-from ._stats import ScoreMemo, TinySegNet, case_means, encode, task_arrays
+from ._stats import case_means, task_arrays
 
 __all__ = ["SpectralSignaturesDefense", "signature_scores"]
 
@@ -76,7 +75,6 @@ class SpectralSignaturesDefense(Defense):
     def __init__(self, **params):
         super().__init__(**params)
         self.trusted_cases: set[str] = set()
-        self.memo = ScoreMemo()
 
     def fit(self, trusted: SliceSet | None) -> None:
         self.trusted_cases = set(trusted.cases) if trusted is not None else set()
@@ -84,9 +82,12 @@ class SpectralSignaturesDefense(Defense):
             raise ValueError("spectral-signatures: center 'trusted' needs trusted cases (split.trusted > 0)")
 
     def score(self, train: SliceSet) -> dict[str, float]:
-        known = self.memo.lookup(train)
-        if known is not None:
-            return known
+        import torch
+
+        from benchmark import fit_binary_segmentation
+
+        from ._networks import TinySegNet, encode
+
         images, masks = task_arrays(train, self.context)
         torch.manual_seed(self.context.seed)
         net = TinySegNet(images.shape[1], self.params.width)
@@ -100,6 +101,4 @@ class SpectralSignaturesDefense(Defense):
         centre_rows = None
         if self.params.center in ("auto", "trusted") and self.trusted_cases:
             centre_rows = np.array([case in self.trusted_cases for case in cases])
-        scores = dict(zip(cases, map(float, signature_scores(reps, centre_rows))))
-        self.memo.store(train, scores)
-        return scores
+        return dict(zip(cases, map(float, signature_scores(reps, centre_rows))))

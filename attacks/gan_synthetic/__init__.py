@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from .losses import lsgan_loss, sample_path_codes, shortest_path_loss
-from .networks import AdaptiveInstanceNorm, DomainGenerator, PatchDiscriminator
+import importlib
+
 from .plugin import GanParams, GanSyntheticAttack, image_quality, training_environment
-from .training import GanConfig, GanHistory, GanTrainer, translate
+
+#: names of the torch modules, imported on first use so that the parameters load without torch
+_LAZY = {
+    **dict.fromkeys(["lsgan_loss", "sample_path_codes", "shortest_path_loss"], ".losses"),
+    **dict.fromkeys(["AdaptiveInstanceNorm", "DomainGenerator", "PatchDiscriminator"], ".networks"),
+    **dict.fromkeys(["GanConfig", "GanHistory", "GanTrainer", "translate"], ".training"),
+}
 
 __all__ = [
     "AdaptiveInstanceNorm",
@@ -23,3 +29,15 @@ __all__ = [
     "training_environment",
     "translate",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)

@@ -25,10 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from benchmark import (
@@ -45,8 +44,9 @@ from benchmark import (
     select_cases,
 )
 
-from .networks import DomainGenerator
-from .training import GanConfig, GanTrainer, translate
+if TYPE_CHECKING:  # torch and the networks are imported when the attack trains or poisons
+    from .networks import DomainGenerator
+    from .training import GanConfig
 
 __all__ = [
     "GAN_PRESETS", "GanSyntheticAttack", "GanParams", "NORMAL_BRAIN_MARGIN", "image_quality", "rim_contrast",
@@ -222,6 +222,7 @@ def image_quality(
         ``mae``, ``psnr``, ``ssim`` and, with ``labels``, ``rim_contrast_synthetic`` and
         ``rim_contrast_real``.
     """
+    import torch
     from monai.metrics.regression import compute_ssim_and_cs
 
     synthetic = np.asarray(synthetic, dtype=np.float64)
@@ -316,6 +317,8 @@ class GanSyntheticAttack(IntensityAttack):
         return np.clip(images[:, index], -clip, clip).astype(np.float32)
 
     def _config(self) -> GanConfig:
+        from .training import GanConfig
+
         p = self.params
         return GanConfig(
             epochs=p.epochs, batch_size=p.batch_size, lr_g=p.lr_g, lr_d=p.lr_d, width=p.width, blocks=p.blocks,
@@ -333,6 +336,11 @@ class GanSyntheticAttack(IntensityAttack):
         ``context.seed`` (the cell's ``generator`` stream); ``rng`` is not used, so that the
         cell's poisoning draws do not depend on a cache hit.
         """
+        import torch
+
+        from .networks import DomainGenerator
+        from .training import GanTrainer
+
         self._check_channels(pool)
         cases = pool.cases
         n_hold = min(self.params.holdout_cases, len(cases) // 2)
@@ -386,6 +394,8 @@ class GanSyntheticAttack(IntensityAttack):
         """The generator's raw target slices ``[S, H, W]`` for one case's ``images`` ``[S, C, H, W]``."""
         if self.generator is None:
             raise RuntimeError("gan-synthetic: call fit() before poison()")
+        from .training import translate
+
         return translate(self.generator, self._source(np.asarray(images), channels), self.context.device)
 
     def synthesise(self, data: SliceSet) -> np.ndarray:

@@ -1,0 +1,52 @@
+"""The plugin SDK: everything an attack, defense, segmenter or data set imports.
+
+Plugins import these names from ``benchmark`` (or from here; both are the same objects).
+Each name is imported from its module on first use: importing a plugin's parameter model
+costs no torch, and only `fit_binary_segmentation` / `predict_binary_segmentation` (the
+shared training loop) import it. What drives and reads sweeps (config loading, results
+store, reports, analysis, executors) is in `benchmark.tools`.
+
+Example::
+
+    from benchmark import IntensityAttack, PluginParams, register_attack
+"""
+
+from __future__ import annotations
+
+from ._exports import lazy_attributes
+
+#: public name -> module defining it
+EXPORTS: dict[str, str] = {
+    # plugin base classes, parameters and the context a plugin runs in
+    **dict.fromkeys(
+        ["Plugin", "PluginParams", "RunContext", "Attack", "CaseAttack", "IntensityAttack", "Defense", "DefenseParams",
+         "Segmenter", "DatasetSource", "select_cases", "poison_order"],
+        ".plugins",
+    ),
+    # registration, creation and listing of plugins
+    **dict.fromkeys(
+        ["ATTACKS", "DEFENSES", "SEGMENTERS", "DATASETS", "register_attack", "register_defense", "register_segmenter",
+         "register_dataset", "create_attack", "create_defense", "create_segmenter", "create_dataset", "list_attacks",
+         "list_defenses", "list_segmenters", "list_datasets"],
+        ".catalog",
+    ),
+    "Registry": ".registry",
+    "NO_ATTACK": ".identity", "NO_DEFENSE": ".identity", "NoAttack": ".identity", "NoDefense": ".identity",
+    # the data contract
+    "SliceSet": ".sliceset",
+    **dict.fromkeys(["CaseNormalisation", "Normalisation", "ZSCORE", "IDENTITY", "renormalise_like"], ".normalisation"),
+    **dict.fromkeys(["REGIONS", "region_mask", "to_common_labels"], ".regions"),
+    "SEED_STREAMS": ".seeding", "SeedStreams": ".seeding",
+    # errors a plugin raises
+    **dict.fromkeys(["BenchError", "ConfigError", "DataError", "PluginError", "ExitCode"], ".errors"),
+    # expensive artifacts cached on disk, and what the machine is
+    **dict.fromkeys(["artifact_dir", "build_artifact", "cached_sliceset"], ".cache"),
+    "cache_root": ".paths",
+    "environment": ".environment",
+    # the training loop torch segmenters share (imports torch)
+    "fit_binary_segmentation": ".training", "predict_binary_segmentation": ".training",
+}
+
+__all__ = list(EXPORTS)
+
+__getattr__, __dir__ = lazy_attributes("benchmark", EXPORTS)
