@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import itertools
 import json
 import re
@@ -84,22 +85,43 @@ class SplitConfig(_Strict):
 
 class ExecutorConfig(_Strict):
     """Where cells run: ``local`` (one after another here), ``process`` (N worker
-    processes on this machine) or ``ray`` (one Ray task per cell)."""
+    processes on this machine), ``ray`` (one Ray task per cell) or ``slurm`` (one Slurm
+    job per cell, submitted through submitit; `benchmark.slurm_executor`)."""
 
-    name: Literal["local", "process", "ray"] = Field("local", description="executor")
+    name: Literal["local", "process", "ray", "slurm"] = Field("local", description="executor")
     workers: int | None = Field(
-        None, ge=1, le=1024, description="cells run at once (process: worker processes; ray: tasks in flight)"
+        None, ge=1, le=1024,
+        description="cells run at once (process: worker processes; ray: tasks in flight; slurm: jobs queued or running, unset: all)",
     )
     threads: int | None = Field(
         None, ge=1, le=1024,
-        description="torch CPU threads per cell; unset: torch's default (local), cores // workers (process), num_cpus (ray). "
-        "CPU results are bit-identical only at equal thread counts, so fix it to compare executors or machines",
+        description="torch CPU threads per cell; unset: torch's default (local), cores // workers (process), num_cpus (ray), "
+        "cpus_per_task (slurm). CPU results are bit-identical only at equal thread counts, so fix it to compare executors or machines",
     )
     address: str | None = Field(None, description="ray: cluster address ('auto', 'ray://host:10001'); unset starts a local Ray")
     num_cpus: float = Field(1.0, gt=0, description="ray: CPUs reserved per cell")
     num_gpus: float = Field(
         0.0, ge=0, validation_alias=AliasChoices("num_gpus", "gpus_per_cell"),
         description="ray: GPUs per cell (also spelt gpus_per_cell); a fraction (0.25) lets cells share a GPU",
+    )
+    # slurm: the names of submitit's (and hydra-submitit-launcher's) parameters
+    cluster: Literal["slurm", "local"] = Field(
+        "slurm", description="slurm: 'slurm' submits with sbatch; 'local' runs the same jobs as processes here (submitit's local executor)"
+    )
+    partition: str | None = Field(None, min_length=1, description="slurm: partition (sbatch --partition); unset: the cluster's default")
+    account: str | None = Field(None, min_length=1, description="slurm: account charged (sbatch --account)")
+    timeout_min: int = Field(60, ge=1, description="slurm: time limit per cell in minutes (sbatch --time); a cell past it is recorded as failed")
+    cpus_per_task: int = Field(1, ge=1, le=1024, description="slurm: CPUs per cell (sbatch --cpus-per-task)")
+    gpus_per_node: int = Field(0, ge=0, le=64, description="slurm: GPUs per cell (sbatch --gpus-per-node; a cell is one task on one node)")
+    mem_gb: float | None = Field(None, gt=0, description="slurm: memory per cell in GB (sbatch --mem); unset: the cluster's default")
+    sbatch: dict[str, str | int | float | bool] = Field(
+        {}, description="slurm: further sbatch options by long name, e.g. {qos: high, constraint: a100, mail-type: FAIL}"
+    )
+    setup: list[str] = Field(
+        [], description="slurm: shell lines run in each job before the cell (e.g. 'module load cuda', 'source venv/bin/activate')"
+    )
+    folder: str | None = Field(
+        None, min_length=1, description="slurm: folder of the job scripts, logs and results; on a real cluster one the nodes share. Unset: OUT/slurm"
     )
 
     @model_validator(mode="after")
@@ -110,7 +132,17 @@ class ExecutorConfig(_Strict):
             for key in ("address", "num_gpus"):
                 if key in self.model_fields_set:
                     raise ValueError(f"executor.{key}: only the ray executor takes '{key}'; this executor is '{self.name}'")
+        if self.name != "slurm":
+            for key in sorted(_SLURM_KEYS & self.model_fields_set):
+                raise ValueError(f"executor.{key}: only the slurm executor takes '{key}'; this executor is '{self.name}'")
+        elif importlib.util.find_spec("submitit") is None:
+            raise ValueError("executor.name: 'slurm' needs submitit; install it with: pip install 'poisonbench[slurm]'")
         return self
+
+
+_SLURM_KEYS = frozenset(
+    {"cluster", "partition", "account", "timeout_min", "cpus_per_task", "gpus_per_node", "mem_gb", "sbatch", "setup", "folder"}
+)
 
 
 class _RawSweep(_Strict):
@@ -480,6 +512,8 @@ def validate_config(data: dict[str, Any], source: str = "<config>") -> SweepConf
         _check_unique([a for a, _ in attacks if a], "attacks", problems)
         _check_unique([d for d in defenses if d], "defenses", problems)
         _check_trusted(raw.split, defenses, problems)
+        if dataset is not None:
+            _check_channels(dataset, raw.task, [a for a, _ in attacks], defenses, problems)
     if problems or raw is None:
         raise ConfigError(problems, source=source)
     return SweepConfig(
@@ -532,6 +566,32 @@ def _check_trusted(split: SplitConfig, defenses: list[PluginSpec | None], proble
                 f"defenses[{i}]: defense '{spec.name}' needs trusted real cases; set split.trusted "
                 "to a fraction (< 1) or a count (>= 1) of the training cases."
             )
+
+
+def _check_channels(
+    dataset: PluginSpec, task: TaskConfig, attacks: list[PluginSpec | None], defenses: list[PluginSpec | None],
+    problems: list[str],
+) -> None:
+    """Every channel the config names (``task.inputs``, the plugins' `named_channels`) against
+    the data set's, when the data set declares them without loading (`DatasetSource.channels`)."""
+    available = create_plugin(DATASETS, dataset.name, dataset.params, "dataset").channels()
+    if available is None:
+        return
+
+    def check(where: str, names: tuple[str, ...] | list[str]) -> None:
+        for name in names:
+            if name not in available:
+                problems.append(
+                    f"{where}: channel '{name}' is not in data set '{dataset.name}'; available channels: {', '.join(available)}."
+                )
+
+    for i, name in enumerate(task.inputs):
+        check(f"task.inputs[{i}]", [name])
+    for section, registry, specs in (("attacks", ATTACKS, attacks), ("defenses", DEFENSES, defenses)):
+        for i, spec in enumerate(specs):
+            if spec is not None:
+                for parameter, names in create_plugin(registry, spec.name, spec.params).named_channels().items():
+                    check(f"{section}[{i}].{parameter}", names)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:

@@ -13,6 +13,7 @@ it; records already returned are kept.
   import, and a worker that dies is replaced in a fraction of a second; elsewhere they
   are spawned. Each worker loads the data set from the on-disk cache (memory-mapped) that
   the driver built before dispatching.
+- ``slurm``: one Slurm job per cell through submitit (`benchmark.slurm_executor`).
 - ``ray``: one Ray task per cell with ``num_cpus`` / ``num_gpus`` from the config, and
   ``num_cpus`` torch threads. Tasks
   load the data set and trained generators from the artifact cache: on a multi-node
@@ -81,6 +82,7 @@ class WorkerSpec:
     threads: int | None = None
     plugin_modules: tuple[str, ...] = ()
     figures_dir: str | None = None
+    out_dir: str | None = None  # the sweep's output folder (the slurm executor keeps its job ids there)
 
 
 _WORKER_STATE: dict[str, Any] = {}
@@ -568,7 +570,7 @@ def cell_threads(config: ExecutorConfig) -> int | None:
     """The torch thread count a cell of this executor runs under (None: torch's count as it is).
 
     ``threads`` when set; else ``usable cores // workers`` (``process``), ``round(num_cpus)``
-    (``ray``), or None (``local``). The executors below and `bench data export` follow it.
+    (``ray``), ``cpus_per_task`` (``slurm``), or None (``local``). The executors below and `bench data export` follow it.
     """
     if config.threads:
         return int(config.threads)
@@ -576,6 +578,8 @@ def cell_threads(config: ExecutorConfig) -> int | None:
         return max(1, _usable_cores() // (config.workers or 2))
     if config.name == "ray":
         return max(1, round(config.num_cpus))
+    if config.name == "slurm":
+        return config.cpus_per_task
     return None
 
 
@@ -586,6 +590,12 @@ def create_executor(config: ExecutorConfig, spec: WorkerSpec, run_local: Callabl
         return ProcessExecutor(spec, config.workers or 2, cell_threads(config))
     if config.name == "ray":
         return RayExecutor(spec, config)
+    if config.name == "slurm":
+        from .slurm_executor import SlurmExecutor
+
+        if spec.out_dir is None:
+            raise BenchError("the slurm executor needs the sweep's output folder (WorkerSpec.out_dir)")
+        return SlurmExecutor(spec, config, spec.out_dir)
     if run_local is None:
         raise BenchError("the local executor needs the driver's cell runner")
     return LocalExecutor(run_local, announce, config.threads)

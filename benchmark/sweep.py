@@ -111,7 +111,7 @@ def run_sweep(
             predictions = out_dir / "predictions" if save_predictions else None
             spec = WorkerSpec(
                 config.resolved(), device, str(cache_root()), str(predictions) if predictions else None,
-                plugin_modules=plugin_modules(config), figures_dir=str(out_dir / "figures"),
+                plugin_modules=plugin_modules(config), figures_dir=str(out_dir / "figures"), out_dir=str(out_dir),
             )
             runner: CellRunner | None = None  # the driver's own (local executor), built once the data is loaded
 

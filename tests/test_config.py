@@ -30,7 +30,7 @@ MALFORMED = [
     ("task.inputs", "[]", "task.inputs:"),
     ("split.val_fraction", "1.5", "split.val_fraction:"),
     ("device", "tpu", "device:"),
-    ("executor.name", "slurm", "executor.name:"),
+    ("executor.name", "kubernetes", "executor.name:"),
     ("dataset.name", "brats-2099", "dataset.name: Unknown dataset 'brats-2099'"),
     ("dataset.cases", "-1", "dataset.cases:"),
     ("defenses.0", "42", "defenses[0]: expected a mapping"),

@@ -98,7 +98,7 @@ def test_killed_worker_cell_runs_next_time_and_finished_cells_do_not(tiny_config
 @pytest.mark.parametrize(
     "executor, fragment",
     [
-        ({"name": "slurm"}, "executor.name:"),
+        ({"name": "kubernetes"}, "executor.name:"),
         ({"name": "local", "workers": 4}, "executor.workers: the local executor runs one cell at a time"),
         ({"name": "process", "workers": 0}, "executor.workers:"),
         ({"name": "process", "num_gpus": 1}, "executor.num_gpus: only the ray executor"),

@@ -1,0 +1,370 @@
+"""The ``slurm`` executor: one Slurm job per cell, submitted through submitit.
+
+``pip install 'poisonbench[slurm]'``. Each pending cell becomes one job (``sbatch``) that
+runs `execute_cell` with the cell's key and hands its `CellRecord` back to the driver
+through submitit's result file; the driver alone writes the results database, as with the
+``ray`` executor. Jobs run the driver's Python (``sys.executable``) and read the data set
+and trained generators from the artifact cache, so on a real cluster the project, the
+output folder (or ``executor.folder``) and ``POISONBENCH_CACHE`` must be on a file system
+the nodes share; ``executor.setup`` lines (``module load …``) run first in every job.
+
+A job that ends without a result (cancelled with ``scancel``, past its time limit, out of
+memory, its node lost) is recorded as a failed cell whose error is the scheduler's state
+and reason, after the tail of the job's error log; the next ``bench run`` runs it again.
+
+Job ids are kept per cell key in ``OUT/slurm-jobs.json`` until the cell's record is
+stored. ``bench run`` after an interrupted driver (Ctrl-C, a lost login node) first looks
+at those jobs: a finished one's record is collected without running the cell again, a
+queued or running one is waited for, and one that ended without a result is submitted
+again. Job states come from ``squeue``, which keeps finished jobs for ``MinJobAge``
+(300 s by default), then from ``sacct`` where the cluster keeps accounting.
+
+Cells whose attack shares a fit (a trained generator) wait for one job that builds it, as
+in the ``process`` executor (`CellQueue`), so a sweep trains each generator once.
+
+``cluster: local`` runs the same jobs as processes on this machine through submitit's
+local executor: a way to try a config before a cluster sees it; its per-case metrics are
+the ``local`` executor's at the same thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import Cell, ExecutorConfig
+from .errors import BenchError
+from .executors import CELL, PREPARE, CellQueue, Executor, Task, WorkerSpec, cell_threads, execute_cell, prepare_cell
+from .store import FAILED, CellRecord
+
+__all__ = ["SlurmExecutor", "JOBS_FILE", "scheduler_states"]
+
+logger = logging.getLogger(__name__)
+
+#: The cells' jobs not yet collected, by cell key, in the output folder.
+JOBS_FILE = "slurm-jobs.json"
+
+#: Slurm job states after which a job never runs again (``squeue``/``sacct`` spelling).
+_ENDED = frozenset({
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+    "PREEMPTED", "REVOKED", "SPECIAL_EXIT",
+})
+#: How long a job unknown to the scheduler counts as just submitted (squeue may lag sbatch).
+_UNKNOWN_GRACE_S = 60.0
+#: Lines of a failed job's error log kept in the cell's error.
+_LOG_TAIL = 20
+
+
+class SlurmExecutor(Executor):
+    """One Slurm job per cell (``cluster: slurm``) or one local process per cell (``cluster: local``).
+
+    Args:
+        spec: what a job needs to rebuild the driver's runner.
+        config: the sweep's executor settings (``partition``, ``timeout_min``, … ).
+        out_dir: the sweep's output folder: ``slurm-jobs.json`` and, unless
+            ``config.folder`` is set, the jobs' folder ``slurm/``.
+        poll_s: seconds between looks at the jobs' result files. Defaults to 1.
+        state_every_s: seconds between asking the scheduler for job states. Defaults to 5.
+        result_grace_s: how long after a job ended without a result file to wait for one
+            (shared file systems show files late) before the cell counts as failed. Defaults to 5.
+    """
+
+    def __init__(self, spec: WorkerSpec, config: ExecutorConfig, out_dir: str | Path,
+                 poll_s: float = 1.0, state_every_s: float = 5.0, result_grace_s: float = 5.0):
+        try:
+            import submitit
+        except ImportError:
+            raise BenchError("executor.name: 'slurm' needs submitit; install it with: pip install 'poisonbench[slurm]'") from None
+        if config.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise BenchError(
+                "executor.cluster: 'slurm' submits with sbatch, which is not on PATH here; "
+                "run bench on a Slurm login node, or use cluster: local to run the jobs on this machine"
+            )
+        self.submitit = submitit
+        self.config = config
+        self.spec = replace(spec, threads=cell_threads(config))
+        self.out_dir = Path(out_dir)
+        self.folder = Path(config.folder).expanduser().resolve() if config.folder else self.out_dir.resolve() / "slurm"
+        self.jobs_file = self.out_dir / JOBS_FILE
+        self.poll_s = poll_s
+        self.state_every_s = state_every_s
+        self.result_grace_s = result_grace_s
+        self._ended_at: dict[str, float] = {}  # job id -> when it was first seen ended without a result
+        self.lost = []
+        #: jobs submitted by this executor (cells and shared fits), for tests and logs
+        self.submitted: list[str] = []
+        #: cells whose finished job from an earlier run was collected without running them again
+        self.collected: list[str] = []
+        self._executor: Any = None
+        self._cells: dict[str, Cell] = {}
+
+    # submission
+
+    def _job_folder(self) -> Path:
+        return self.folder / "%j"  # one folder per job: its script, pickles and logs
+
+    def _submitter(self) -> Any:
+        """submitit's executor with this config's job parameters, made once."""
+        if self._executor is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if self.config.cluster == "local":
+                executor = self.submitit.LocalExecutor(folder=self._job_folder(), max_num_timeout=0)
+                executor.update_parameters(timeout_min=self.config.timeout_min, gpus_per_node=self.config.gpus_per_node,
+                                           setup=list(self.config.setup))
+            else:
+                executor = self.submitit.SlurmExecutor(folder=self._job_folder(), max_num_timeout=0)
+                parameters: dict[str, Any] = {
+                    "time": self.config.timeout_min, "cpus_per_task": self.config.cpus_per_task,
+                    "setup": list(self.config.setup),
+                    "additional_parameters": {key: value for key, value in self.config.sbatch.items()},
+                }
+                if self.config.gpus_per_node:
+                    parameters["gpus_per_node"] = self.config.gpus_per_node
+                for key in ("partition", "account"):
+                    if getattr(self.config, key):
+                        parameters[key] = getattr(self.config, key)
+                if self.config.mem_gb:
+                    mem_gb = self.config.mem_gb  # Slurm's units: whole G, else M
+                    parameters["mem"] = f"{int(mem_gb)}G" if mem_gb == int(mem_gb) else f"{round(mem_gb * 1024)}M"
+                executor.update_parameters(**parameters)
+            self._executor = executor
+        return self._executor
+
+    def _submit(self, task: Task) -> Any:
+        submitter = self._submitter()
+        name = f"poisonbench-{'fit' if task.kind == PREPARE else 'cell'}-{task.key[:10]}"
+        if self.config.cluster == "slurm":
+            submitter.update_parameters(job_name=name)
+        function = prepare_cell if task.kind == PREPARE else execute_cell
+        try:
+            job = submitter.submit(function, self.spec, task.key)
+        except Exception as exc:  # sbatch refused (unknown partition, account, limits)
+            raise BenchError(f"executor: the {self.config.cluster} job of {task.kind} {task.key[:10]} could not be submitted: {exc}") from exc
+        self.submitted.append(task.key)
+        logger.info("submitted %s job %s for %s %s", self.config.cluster, job.job_id, task.kind, task.key[:10])
+        return job
+
+    def _rebuild(self, entry: dict[str, Any]) -> Any:
+        """The submitit job of a persisted entry (submitted by an earlier run)."""
+        job_class = self.submitit.LocalJob if entry["cluster"] == "local" else self.submitit.SlurmJob
+        return job_class(folder=Path(entry["folder"]) / "%j", job_id=str(entry["job_id"]))
+
+    # the persisted jobs
+
+    def _load_entries(self) -> dict[str, dict[str, Any]]:
+        try:
+            entries = json.loads(self.jobs_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring %s (%s): its cells run again", self.jobs_file, exc)
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def _save_entries(self, entries: dict[str, dict[str, Any]]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.jobs_file.with_name(self.jobs_file.name + ".tmp")
+        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.replace(temporary, self.jobs_file)
+
+    # the run
+
+    def run(self, cells: list[Cell]) -> Iterator[CellRecord]:
+        self._cells = {cell.key: cell for cell in cells}
+        entries = self._load_entries()
+        running: dict[Task, tuple[Any, float]] = {}  # task -> (job, submitted at)
+        earlier = {cell.key: entries[cell.key] for cell in cells if cell.key in entries}
+        states = scheduler_states([str(e["job_id"]) for e in earlier.values() if e["cluster"] == "slurm"])
+        for key, entry in earlier.items():  # jobs of an earlier, interrupted run: collect or wait for them
+            job = self._rebuild(entry)
+            if _refreshed(job.paths.result_pickle).exists() or self._alive(job, entry, states):
+                running[Task(CELL, key)] = (job, float(entry.get("submitted_at", time.time())))
+                logger.info("picking up %s job %s of cell %s", entry["cluster"], entry["job_id"], key[:10])
+            else:
+                logger.info("job %s of cell %s ended without a result; submitting it again", entry["job_id"], key[:10])
+                del entries[key]
+        self._save_entries(entries)
+        picked_up = {task.key for task in running}
+        queue = CellQueue([cell for cell in cells if cell.key not in picked_up])
+        limit = self.config.workers or sys.maxsize
+        asked_at = float("-inf")
+        try:
+            while len(queue) or running:
+                while len(running) < limit and (task := queue.next()) is not None:
+                    job = self._submit(task)
+                    running[task] = (job, time.time())
+                    if task.kind == CELL:
+                        entries[task.key] = {"job_id": job.job_id, "cluster": self.config.cluster,
+                                             "folder": str(self.folder), "submitted_at": time.time()}
+                        self._save_entries(entries)
+                if not running:  # nothing runs, so nothing will release the tasks that wait
+                    self.lost.extend(queue.remaining())
+                    break
+                if self.config.cluster == "slurm" and time.time() - asked_at >= self.state_every_s:
+                    states = scheduler_states([job.job_id for job, _ in running.values()])
+                    asked_at = time.time()
+                ended = False
+                for task, (job, submitted_at) in list(running.items()):
+                    outcome = self._outcome(task, job, submitted_at, states)
+                    if outcome is None:
+                        continue
+                    ended = True
+                    del running[task]
+                    queue.ended(task)
+                    if task.kind == PREPARE:
+                        continue
+                    if task.key in picked_up and outcome.status != FAILED:
+                        self.collected.append(task.key)
+                    yield outcome
+                    # the driver stored the record before asking for the next one: the job is done with
+                    entries.pop(task.key, None)
+                    self._save_entries(entries)
+                if not ended:
+                    time.sleep(self.poll_s)
+        finally:
+            still = [job.job_id for task, (job, _) in running.items() if task.kind == CELL]
+            if still:  # the caller stopped early: the jobs go on, and the next run picks them up
+                logger.warning("%d job(s) still queued or running (%s); run bench again to collect them",
+                               len(still), ", ".join(still))
+
+    @staticmethod
+    def _alive(job: Any, entry: dict[str, Any], states: dict[str, tuple[str, str]] | None) -> bool:
+        """Whether a persisted job may still produce a result (queued or running), given the scheduler's states."""
+        if entry["cluster"] == "local":
+            return _local_running(job)
+        if states is None:  # no answer: wait for the job rather than run its cell twice
+            return True
+        return job.job_id in states and states[job.job_id][0] not in _ENDED
+
+    def _outcome(self, task: Task, job: Any, submitted_at: float,
+                 states: dict[str, tuple[str, str]] | None) -> CellRecord | None:
+        """The record of a task whose job ended (a failed one when it left no result); None while it runs."""
+        if _refreshed(job.paths.result_pickle).exists():
+            try:
+                result = job.result()
+            except Exception as exc:  # the job's Python failed outside the cell (import, unpickling)
+                return self._failed(task, job, submitted_at, f"{type(exc).__name__}: {exc}")
+            if task.kind == CELL and isinstance(result, CellRecord):
+                return result
+            return self._failed(task, job, submitted_at, "")  # a prepare's result, or nothing usable
+        if self.config.cluster == "local":
+            if _local_running(job):
+                return None
+            code = getattr(getattr(job, "_process", None), "returncode", None)
+            reason = f"local job {job.job_id} ended without a result" + (f" (exit code {code})" if code is not None else "")
+        else:
+            if states is None:
+                return None  # the scheduler did not answer: ask again
+            state = states.get(job.job_id)
+            if state is None:
+                if time.time() - submitted_at < _UNKNOWN_GRACE_S:
+                    return None  # not listed yet
+                reason = f"slurm job {job.job_id} is no longer known to squeue or sacct and left no result"
+            elif state[0] not in _ENDED:
+                return None
+            else:
+                reason = f"slurm job {job.job_id} ended {state[0]}" + (f" (reason: {state[1]})" if state[1] not in ("", "None") else "")
+        # the job writes its result before it ends, but a shared file system may show it late
+        first_seen = self._ended_at.setdefault(job.job_id, time.time())
+        if _refreshed(job.paths.result_pickle).exists():
+            return self._outcome(task, job, submitted_at, states)
+        if time.time() - first_seen < self.result_grace_s:
+            return None
+        return self._failed(task, job, submitted_at, reason)
+
+    def _failed(self, task: Task, job: Any, submitted_at: float, reason: str) -> CellRecord:
+        """A failed record: the job's error log tail, then the scheduler's account (the line a sweep prints)."""
+        log = ""
+        try:
+            log = job.paths.stderr.read_text(errors="replace") if job.paths.stderr.exists() else ""
+        except OSError:
+            pass
+        tail = "\n".join(log.strip().splitlines()[-_LOG_TAIL:])
+        error = "\n".join(part for part in (f"job log {job.paths.stderr}:\n{tail}" if tail else "", reason) if part)
+        if task.kind == CELL:
+            logger.warning("cell %s failed: %s", task.key[:10], reason)
+        else:
+            logger.warning("the shared fit of cell %s failed: %s", task.key[:10], reason)
+        environment = {"device": self.spec.device, "torch_threads": self.spec.threads, "executor": "slurm",
+                       "cluster": self.config.cluster, "job_id": job.job_id}
+        return CellRecord(task.key, self._cells[task.key].config(), FAILED, submitted_at, time.time(), {}, environment, error=error)
+
+
+def _refreshed(path: Path) -> Path:
+    """The path, after touching its folder's attributes so that an NFS client looks again (as submitit does)."""
+    try:
+        path.parent.chmod(path.parent.stat().st_mode)
+    except OSError:
+        pass
+    return path
+
+
+def _local_running(job: Any) -> bool:
+    """Whether a job of submitit's local executor still runs (its controller process, when an earlier driver started it)."""
+    process = getattr(job, "_process", None)
+    if process is not None:
+        return process.poll() is None
+    try:
+        os.kill(int(job.job_id), 0)  # the controller outlives the driver that started it
+    except (OSError, ValueError):
+        return False
+    try:  # an ended child of this process that nobody reaped yet is a zombie, not a running job
+        return Path(f"/proc/{job.job_id}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def scheduler_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """Slurm's state and reason of each job it still knows, by job id.
+
+    ``squeue`` first (it lists finished jobs for ``MinJobAge`` seconds), then ``sacct`` for
+    the jobs squeue no longer lists (clusters that keep accounting). A job neither knows is
+    left out.
+
+    Returns:
+        ``{job_id: (state, reason)}``, e.g. ``{"12": ("CANCELLED", "None")}``; None when
+        ``squeue`` did not answer (slurmctld down or busy).
+    """
+    if not job_ids:
+        return {}
+    states: dict[str, tuple[str, str]] = {}
+    squeue = _query(["squeue", "--noheader", "--states=all", "--format=%i|%T|%r", f"--jobs={','.join(job_ids)}"])
+    if squeue is None:
+        return None
+    for line in squeue.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) == 3:
+            states[fields[0]] = (fields[1], fields[2])
+    missing = [job_id for job_id in job_ids if job_id not in states]
+    if missing:
+        sacct = _query(["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State",
+                        *(f"--jobs={job_id}" for job_id in missing)])
+        for line in (sacct or "").splitlines():
+            fields = line.strip().split("|")
+            if len(fields) == 2 and fields[0] in missing:
+                state, _, by = fields[1].partition(" ")  # "CANCELLED by 1000"
+                states[fields[0]] = (state, by)
+    return states
+
+
+def _query(command: list[str]) -> str | None:
+    """A scheduler command's output; empty when it knows none of the jobs, None when it did not answer."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.debug("%s failed: %s", command[0], exc)
+        return None
+    if done.returncode == 0:
+        return done.stdout
+    if "Invalid job id" in done.stderr:  # squeue: none of the jobs is known (any more)
+        return ""
+    logger.debug("%s failed: %s", command[0], done.stderr.strip())
+    return None

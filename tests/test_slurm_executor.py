@@ -1,0 +1,268 @@
+"""The slurm executor: jobs on a real one-node cluster and through submitit's local executor.
+
+The real-cluster tests need ``sbatch`` and a node that takes jobs: ``bash .ci/slurm-up.sh``
+starts one (CI runs it before the tests). Jobs run the driver's Python, so they import this
+module (its test segmenter) through ``PYTHONPATH``, which sbatch passes on to the job.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import Field
+
+from benchmark import PluginParams, Segmenter, register_segmenter, validate_config
+from benchmark.cli import main
+from benchmark.executors import WorkerSpec, plugin_modules
+from benchmark.runner import plan_sweep
+
+TESTS = Path(__file__).resolve().parent
+
+
+@register_segmenter("test-slurm-hold")
+class HoldingSegmenter(Segmenter):
+    """Predicts the brightest pixels; its fit waits while a hold file exists, so a test can cancel its job."""
+
+    class Params(PluginParams):
+        started: str | None = Field(None, description="file touched when fit starts")
+        hold: str | None = Field(None, description="while this file exists (at most 5 minutes), fit waits")
+
+    def fit(self, images: np.ndarray, masks: np.ndarray) -> None:
+        if self.params.started:
+            Path(self.params.started).touch()
+        deadline = time.time() + 300
+        while self.params.hold and Path(self.params.hold).exists() and time.time() < deadline:
+            time.sleep(0.2)
+        self.threshold = float(np.quantile(images[:, 0], 0.99))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return (images[:, 0] > self.threshold).astype(np.uint8)
+
+
+def _cluster_problem() -> str | None:
+    """Why the real-cluster tests cannot run here, or None."""
+    if importlib.util.find_spec("submitit") is None:
+        return "the slurm extra is not installed (pip install 'poisonbench[slurm]')"
+    missing = [tool for tool in ("sbatch", "sinfo", "squeue", "scancel", "srun") if shutil.which(tool) is None]
+    if missing:
+        return f"Slurm's {', '.join(missing)} not on PATH; start a one-node cluster with: bash .ci/slurm-up.sh"
+    try:
+        states = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=20).stdout.split()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"sinfo did not answer ({exc}); start the cluster with: bash .ci/slurm-up.sh"
+    if not {"idle", "mixed", "allocated", "completing"} & set(states):
+        return f"no Slurm node takes jobs (sinfo: {states or 'no answer'}); start the cluster with: bash .ci/slurm-up.sh"
+    return None
+
+
+needs_cluster = pytest.mark.skipif(_cluster_problem() is not None, reason=_cluster_problem() or "")
+needs_submitit = pytest.mark.skipif(
+    importlib.util.find_spec("submitit") is None, reason="the slurm extra is not installed (pip install 'poisonbench[slurm]')"
+)
+
+
+@pytest.fixture
+def jobs_import_tests(monkeypatch):
+    """Jobs (fresh Pythons, on the cluster or here) find this module and the test plugins."""
+    monkeypatch.setenv("PYTHONPATH", f"{TESTS}:{Path(__file__).resolve().parents[1]}")
+
+
+def _sorted_results(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "results.csv").sort_values(["cell", "case"]).reset_index(drop=True)
+
+
+def _runs(out: Path) -> dict[str, tuple[str, float, str | None]]:
+    with sqlite3.connect(out / "results.sqlite") as db:
+        return {key: (status, finished, error) for key, status, finished, error in
+                db.execute("SELECT cell_key, status, finished_at, error FROM runs")}
+
+
+def _two_cells(tiny_config: dict, executor: dict) -> dict:
+    config = copy.deepcopy(tiny_config)
+    config["attacks"] = [{"name": "none", "rates": [0, 0.5]}]
+    config["executor"] = executor
+    return config
+
+
+def _matches_local(tiny_config, write_config, tmp_path, executor: dict) -> None:
+    """A two-cell sweep through ``executor`` gives the local executor's per-case metrics at one thread."""
+    outs = {}
+    for name, settings in (("local", {"name": "local", "threads": 1}), ("other", executor)):
+        outs[name] = tmp_path / name
+        config = write_config(_two_cells(tiny_config, settings), f"{name}.yaml")
+        assert main(["run", str(config), "--out", str(outs[name]), "--quiet"]) == 0
+    pd.testing.assert_frame_equal(_sorted_results(outs["local"]), _sorted_results(outs["other"]))
+    assert json.loads((outs["other"] / "slurm-jobs.json").read_text()) == {}  # every job collected
+
+
+# validation and job parameters
+
+
+def test_missing_submitit_fails_validation_with_the_install_command(tiny_config, write_config, capsys, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "submitit" else find_spec(name, *a))
+    tiny_config["executor"] = {"name": "slurm", "partition": "gpu"}
+    assert main(["validate", str(write_config(tiny_config))]) == 2
+    err = capsys.readouterr().err
+    assert "executor.name: 'slurm' needs submitit" in err and "pip install 'poisonbench[slurm]'" in err
+
+
+@pytest.mark.parametrize(
+    "executor, fragment",
+    [
+        ({"name": "process", "partition": "gpu"}, "executor.partition: only the slurm executor"),
+        ({"name": "ray", "sbatch": {"qos": "high"}}, "executor.sbatch: only the slurm executor"),
+        ({"name": "slurm", "cluster": "aws"}, "executor.cluster:"),
+        ({"name": "slurm", "timeout_min": 0}, "executor.timeout_min:"),
+        ({"name": "slurm", "mem_gb": -1}, "executor.mem_gb:"),
+        ({"name": "slurm", "num_gpus": 1}, "executor.num_gpus: only the ray executor"),
+        ({"name": "slurm", "gres": "gpu:1"}, "executor.gres:"),
+    ],
+)
+def test_bad_slurm_config_exits_2(executor, fragment, tiny_config, write_config, capsys):
+    tiny_config["executor"] = executor
+    assert main(["validate", str(write_config(tiny_config))]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+@needs_submitit
+@pytest.mark.skipif(shutil.which("srun") is None, reason="submitit writes Slurm scripts only where srun is on PATH (bash .ci/slurm-up.sh)")
+def test_config_becomes_the_jobs_sbatch_options(tiny_config, tmp_path):
+    from benchmark.slurm_executor import SlurmExecutor
+
+    tiny_config["executor"] = {
+        "name": "slurm", "partition": "gpu", "account": "lab42", "timeout_min": 90, "cpus_per_task": 8,
+        "gpus_per_node": 1, "mem_gb": 1.5, "sbatch": {"qos": "high", "constraint": "a100"}, "setup": ["module load cuda"],
+    }
+    config = validate_config(tiny_config)
+    spec = WorkerSpec(config.resolved(), "cuda", str(tmp_path / "cache"), None, out_dir=str(tmp_path / "out"))
+    executor = SlurmExecutor(spec, config.executor, tmp_path / "out")
+    script = executor._submitter()._make_submission_file_text("true", "uid")
+    for line in ("--partition=gpu", "--account=lab42", "--time=90", "--cpus-per-task=8", "--gpus-per-node=1",
+                 "--mem=1536M", "--qos=high", "--constraint=a100"):
+        assert f"#SBATCH {line}\n" in script
+    assert "\nmodule load cuda\n" in script
+    assert executor.spec.threads == 8  # a cell's torch threads: its CPUs
+    assert str(executor.folder).startswith(str((tmp_path / "out").resolve()))
+
+
+# submitit's local executor: the jobs as processes here
+
+
+@pytest.mark.slow
+@needs_submitit
+def test_cluster_local_matches_local_executor(tiny_config, write_config, tmp_path, jobs_import_tests):
+    _matches_local(tiny_config, write_config, tmp_path, {"name": "slurm", "cluster": "local", "threads": 1})
+
+
+def _spec(config: dict, out: Path) -> tuple[WorkerSpec, list]:
+    import os
+
+    validated = validate_config(config)
+    plan = plan_sweep(validated)
+    plan.source.load()  # the data cache the jobs read
+    spec = WorkerSpec(validated.resolved(), "cpu", os.environ["POISONBENCH_CACHE"], None,
+                      plugin_modules=plugin_modules(validated), out_dir=str(out))
+    return spec, validated, plan.cells
+
+
+@pytest.mark.slow
+@needs_submitit
+def test_interrupted_driver_collects_running_and_finished_jobs_and_reruns_lost_ones(tiny_config, tmp_path, jobs_import_tests):
+    from benchmark.slurm_executor import SlurmExecutor
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    tiny_config["segmenters"] = [{"name": "test-slurm-hold"}, {"name": "test-slurm-hold", "hold": str(hold)}]
+    tiny_config["executor"] = {"name": "slurm", "cluster": "local", "threads": 1}
+    out = tmp_path / "out"
+    spec, config, cells = _spec(tiny_config, out)
+    free, held = cells
+    assert held.segmenter.params["hold"]
+
+    first = SlurmExecutor(spec, config.executor, out, poll_s=0.2)
+    records = first.run(cells)
+    assert next(records).key == free.key  # the other job waits on the hold file
+    records.close()  # the driver stops; its jobs go on
+    entries = json.loads((out / "slurm-jobs.json").read_text())
+    assert held.key in entries  # kept in the output folder for the next run
+
+    hold.unlink()
+    second = SlurmExecutor(spec, config.executor, out, poll_s=0.2)
+    again = list(second.run([held]))
+    assert [(r.key, r.status) for r in again] == [(held.key, "finished")]
+    assert second.submitted == [] and second.collected == [held.key]  # picked up, not run again
+
+    # a job that ended without a result (its process gone, no result file) is submitted again
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    entries[held.key]["job_id"] = str(dead.pid)
+    (out / "slurm-jobs.json").write_text(json.dumps(entries))
+    third = SlurmExecutor(spec, config.executor, out, poll_s=0.2)
+    assert [(r.key, r.status) for r in third.run([held])] == [(held.key, "finished")]
+    assert third.submitted == [held.key] and third.collected == []
+
+
+# the real one-node cluster (.ci/slurm-up.sh)
+
+
+@pytest.mark.slow
+@needs_cluster
+def test_real_slurm_sweep_matches_local(tiny_config, write_config, tmp_path, jobs_import_tests):
+    _matches_local(tiny_config, write_config, tmp_path, {"name": "slurm", "threads": 1, "timeout_min": 10})
+
+
+def _wait_for(path: Path, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert time.time() < deadline, f"{path} did not appear within {seconds} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+@needs_cluster
+def test_scancelled_job_is_recorded_failed_with_the_schedulers_reason_and_reruns(
+    tiny_config, write_config, tmp_path, jobs_import_tests, capsys
+):
+    hold, started = tmp_path / "hold", tmp_path / "started"
+    hold.touch()
+    tiny_config["segmenters"] = [{"name": "test-slurm-hold"}, {"name": "test-slurm-hold", "hold": str(hold), "started": str(started)}]
+    tiny_config["executor"] = {"name": "slurm", "threads": 1, "timeout_min": 10}
+    config = write_config(tiny_config)
+    cells = plan_sweep(validate_config(tiny_config)).cells
+    free, victim = (cell.key for cell in cells)
+    out = tmp_path / "out"
+
+    codes: list[int] = []
+    driver = threading.Thread(target=lambda: codes.append(main(["run", str(config), "--out", str(out), "--quiet"])))
+    driver.start()
+    try:
+        _wait_for(started, 240)
+        job_id = json.loads((out / "slurm-jobs.json").read_text())[victim]["job_id"]
+        subprocess.run(["scancel", job_id], check=True)
+    finally:
+        driver.join(timeout=300)
+    assert codes == [1]
+    runs = _runs(out)
+    assert runs[free][0] == "finished"
+    status, _, error = runs[victim]
+    assert status == "failed"
+    assert error.strip().splitlines()[-1] == f"slurm job {job_id} ended CANCELLED"
+    assert "CANCELLED" in capsys.readouterr().out + error  # the job log's own line, when slurmstepd wrote it
+
+    hold.unlink()  # the rerun does not wait
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    rerun = _runs(out)
+    assert rerun[victim][0] == "finished" and rerun[free] == runs[free]  # only the cancelled cell ran again
