@@ -31,7 +31,7 @@ from .spill import all_finite, map_rows
 from .splitting import Split, split_cases
 from .store import FAILED, FINISHED, CellRecord
 
-__all__ = ["CellRunner", "SweepPlan", "apply_attack", "plan_sweep", "run_cell", "seed_everything"]
+__all__ = ["CellRunner", "SweepPlan", "apply_attack", "attack_training_split", "plan_sweep", "run_cell", "seed_everything"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,33 @@ def apply_attack(
     return attack, poisoned
 
 
+def attack_training_split(
+    name: str,
+    params: dict[str, Any],
+    context: RunContext,
+    trusted: SliceSet | None,
+    pool: SliceSet,
+    rate: float,
+    streams: SeedStreams,
+    where: str = "",
+) -> tuple[Attack, SliceSet, SliceSet]:
+    """A cell's training split before its defense: the trusted cases, then the pool as `apply_attack` poisons it.
+
+    The one function the runner and ``bench data export`` build a training split with.
+
+    Args:
+        trusted: the trusted cases (never attacked), or None.
+        pool: the attackable training cases.
+        Others as `apply_attack`.
+
+    Returns:
+        (the fitted attack, the poisoned pool, the training split ``[N, C, H, W]``).
+    """
+    attack, poisoned = apply_attack(name, params, context, pool, rate, streams, where)
+    train = SliceSet.concatenate([trusted, poisoned]) if trusted is not None else poisoned
+    return attack, poisoned, train
+
+
 @dataclass
 class CellRunner:
     """Runs cells of one sweep against one loaded data set.
@@ -184,14 +211,15 @@ class CellRunner:
 
         clock = time.perf_counter()
         pool = self.attackable
-        attack, poisoned = apply_attack(cell.attack.name, cell.attack.params, context, pool, cell.rate, streams)
+        attack, poisoned, train = attack_training_split(
+            cell.attack.name, cell.attack.params, context, self.trusted, pool, cell.rate, streams
+        )
         record.attack_report = {
             "poisoned_cases": len(poisoned.poisoned_cases()), "poisoned_case_ids": poisoned.poisoned_cases(), **attack.report(),
         }
         record.attack_report["poisoned_share"] = record.attack_report["poisoned_cases"] / max(len(poisoned.cases) + len(self.split.trusted), 1)
         if self.figures_dir is not None and record.attack_report["poisoned_cases"]:
             self._draw_examples(cell.attack.name, pool, poisoned, attack.source_channels())
-        train = SliceSet.concatenate([self.trusted, poisoned]) if self.trusted is not None else poisoned
         timings["attack_s"] = time.perf_counter() - clock
 
         clock = time.perf_counter()

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = add_command(
         data_sub, "export",
         "write the poisoned training split and the real validation split as NIfTI (nnU-Net raw or BraTS-2021 folders)",
-        "  bench data export bench.yaml --attack noise --rate 0.5 --seed 0 --format nnunet --out export/Dataset501_Poisoned\n"
+        "  bench data export bench.yaml --attack noise --rate 0.5 --seed 0   # writes ./Dataset501_noise_r050_s0\n"
+        "  bench data export bench.yaml --attack noise --rate 0.5 --format nnunet --out export/Dataset502_Noise\n"
         "  bench data export --attack none --rate 0 --format folder --out export/clean",
     )
     config_arguments(e)
@@ -35,7 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--rate", type=float, required=True, help="poison rate in [0, 1]")
     e.add_argument("--seed", type=seed_argument, default=0, help=f"cell seed, 0 to {MAX_SEED} (default: 0)")
     e.add_argument("--format", dest="fmt", choices=["nnunet", "folder"], default="nnunet", help="output layout (default: nnunet)")
-    e.add_argument("--out", required=True, help="output folder (must be empty or absent)")
+    e.add_argument(
+        "--out", default=None,
+        help="output folder (must be empty or absent; default: nnU-Net's DatasetNNN_Name in the working folder, "
+        "e.g. Dataset501_noise_r050_s0)",
+    )
+    e.add_argument("--dataset-id", type=int, default=501, help="nnU-Net data set id NNN of the default folder name, 1 to 999 (default: 501)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(handler=_data_export)
 
@@ -78,16 +84,18 @@ def _data_summary(args: argparse.Namespace) -> int:
 def _data_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..datasets.export import export_poisoned
+    from ..datasets.export import default_folder_name, export_poisoned
 
     config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(default_folder_name(args.dataset_id, args.attack, args.rate, args.seed))
     display, context = _progress_context(quiet=args.quiet)
     with display:
         manifest = export_poisoned(
-            config, args.attack, args.rate, args.seed, args.fmt, Path(args.out), quiet=args.quiet, progress=context.progress
+            config, args.attack, args.rate, args.seed, args.fmt, out, quiet=args.quiet, progress=context.progress,
+            dataset_id=args.dataset_id,
         )
     print(
-        f"{args.out}: {len(manifest['train_cases'])} training case(s), {len(manifest['poisoned_cases'])} poisoned by "
+        f"{out}: {len(manifest['train_cases'])} training case(s), {len(manifest['poisoned_cases'])} poisoned by "
         f"'{args.attack}' at rate {args.rate:g}; {len(manifest['val_cases'])} real validation case(s); format {args.fmt}."
     )
     return int(ExitCode.OK)

@@ -74,7 +74,7 @@ _CHANNEL_ALIASES = {
     "t1ce": "t1ce", "t1c": "t1ce", "t1gd": "t1ce", "t1cegd": "t1ce", "t1contrast": "t1ce", "t1post": "t1ce",
     "t2": "t2", "t2w": "t2",
     "flair": "flair", "t2f": "flair", "t2flair": "flair",
-    "ct": "ct",
+    "ct": "ct", "ctzscored": "ct",  # an export names its z-scored ct channel so (nnU-Net would treat 'CT' as Hounsfield units)
 }
 
 
