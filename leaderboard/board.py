@@ -214,6 +214,21 @@ class Board:
             raise BenchError(f"{self.root}: cannot store the entry: {exc}") from None
         return entry
 
+    def remove(self, entry_id: str) -> None:
+        """Take an entry off the board: its file and its record in the index.
+
+        Raises:
+            BenchError: no entry file of that id on the board.
+        """
+        path = self.root / f"{entry_id}.json"
+        if not valid_entry_id(entry_id) or not path.is_file():
+            raise BenchError(f"no entry {entry_id!r} on the board {self.root}.")
+        entries = self._read_index()
+        if entry_id in entries:
+            del entries[entry_id]
+            self._write_index(entries)
+        path.unlink()
+
     def record_verification(self, entry: Entry, record: dict[str, Any]) -> None:
         """Store ``record`` in the index for the digest ``entry`` has now (an edit later voids it)."""
         bound = {**record, "digest": entry.submission.get("digest")}
@@ -236,6 +251,9 @@ class Board:
     def _update_index(self, entry_id: str, record: dict[str, Any]) -> None:
         entries = self._read_index()
         entries[entry_id] = record
+        self._write_index(entries)
+
+    def _write_index(self, entries: dict[str, Any]) -> None:
         tmp = self.index_path.with_name(INDEX_NAME + ".tmp")
         tmp.write_text(json.dumps({"kind": _INDEX_KIND, "entries": entries}, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
         os.replace(tmp, self.index_path)

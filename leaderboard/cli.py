@@ -1,4 +1,4 @@
-"""``bench export`` and ``bench leaderboard add|build|verify`` (registered via ``poisonbench.commands``)."""
+"""``bench export`` and ``bench leaderboard add|build|verify|rebuild-reference`` (registered via ``poisonbench.commands``)."""
 
 from __future__ import annotations
 
@@ -122,6 +122,29 @@ def register_leaderboard(sub: argparse._SubParsersAction) -> None:
                         help="torch threads of the re-run (default: the submission's recorded count)")
     verify.set_defaults(handler=_verify)
 
+    from .reference import DEFAULT_SITE, REFERENCE_CONFIGS
+
+    rebuild = _add_command(
+        actions, "rebuild-reference",
+        "run the project's reference configs (finished cells are reused), export each study, put it on the board and build the site",
+        "  bench leaderboard rebuild-reference\n"
+        "  bench leaderboard rebuild-reference --config configs/paper.yaml --runs ~/runs --verify\n"
+        "  bench leaderboard rebuild-reference --no-run --runs ~/runs     # export runs made elsewhere, train nothing",
+    )
+    rebuild.add_argument("--config", action="append", metavar="FILE",
+                         help="a config to run (repeatable; default: those of " + ", ".join(map(str, REFERENCE_CONFIGS)) + " present)")
+    rebuild.add_argument("--runs", metavar="DIR", help="folder of the run folders, one per config: DIR/<config stem> (default: each config's 'out')")
+    rebuild.add_argument("--no-run", dest="run", action="store_false",
+                         help="train nothing: export studies whose cells all finished, refuse the others")
+    rebuild.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a key of every config, as 'bench run --set' (repeatable)")
+    rebuild.add_argument("--board", default=str(DEFAULT_BOARD), help=f"board folder (default: {DEFAULT_BOARD})")
+    rebuild.add_argument("--site", default=str(DEFAULT_SITE), help=f"folder to build the site into (default: {DEFAULT_SITE})")
+    rebuild.add_argument("--verify", action="store_true", help="re-run one sampled cell of every entry not yet verified")
+    rebuild.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="device of the verification re-runs (default: cpu)")
+    rebuild.add_argument("--quiet", action="store_true", help="no progress bars or tables from the runs")
+    rebuild.set_defaults(handler=_rebuild_reference)
+
 
 def _add(args: argparse.Namespace) -> int:
     from .board import Board
@@ -159,3 +182,14 @@ def _verify(args: argparse.Namespace) -> int:
                 print(f"  cell {cell['key']}: same cases {cell['same_cases']}, largest differences: {diffs}", file=sys.stderr)
         return int(ExitCode.CELL_FAILED)
     return int(ExitCode.OK)
+
+
+def _rebuild_reference(args: argparse.Namespace) -> int:
+    from .reference import rebuild_reference
+
+    result = rebuild_reference(args.config, args.runs, args.board, args.site, args.overrides, run=args.run,
+                               verify=args.verify, device=args.device, quiet=args.quiet)
+    failed = [o for o in result.outcomes if o.status == "failed"]
+    for outcome in failed:
+        print(f"error: {outcome.config}: {outcome.message}", file=sys.stderr)
+    return int(result.exit_code)
