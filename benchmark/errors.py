@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ExitCode", "BenchError", "ConfigError", "DataError", "PluginError"]
+__all__ = ["ExitCode", "BenchError", "ConfigError", "DataError", "DataNotFoundError", "PluginError"]
 
 
 class ExitCode(enum.IntEnum):
@@ -44,6 +44,10 @@ class ConfigError(BenchError):
 
 class DataError(BenchError):
     """Unusable input data; the message names the file or case and what was expected."""
+
+
+class DataNotFoundError(DataError):
+    """The data set's folder is not there: a run cannot start, but its config still validates."""
 
 
 class PluginError(BenchError):

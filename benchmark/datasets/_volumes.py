@@ -27,13 +27,13 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from ..cache import MANIFEST, artifact_dir, build_artifact, load_geometry, save_geometry
-from ..errors import DataError
+from ..errors import DataError, DataNotFoundError
 from ..geometry import SliceGeometry
 from ..normalisation import ZSCORE, normalisation_named
 from ..plugins import DatasetSource, PluginParams, RunContext
@@ -363,10 +363,19 @@ class VolumeSource(DatasetSource):
     def protected_folders(self) -> tuple[Path, ...]:
         return (self.root,)
 
+    #: What the folder should hold, appended to the error when it is missing.
+    layout: ClassVar[str] = ""
+
     def check_root(self) -> Path:
+        """The data set's folder; `DataNotFoundError` naming it (and its `layout`) when it is not there."""
         root = self.root
         if not root.is_dir():
-            raise DataError(f"{root}: the '{self.name}' data set folder does not exist or is not a folder.")
+            expected = f" It should hold {self.layout}." if self.layout else ""
+            where = f"{root}" if root.is_absolute() else f"{root} ({root.absolute()})"
+            raise DataNotFoundError(
+                f"{where}: the '{self.name}' data set folder does not exist or is not a folder.{expected} "
+                "Set dataset.root to the folder where the data set lies."
+            )
         return root
 
     def fingerprint(self) -> str:

@@ -54,6 +54,12 @@ def _find(folder_files: list[Path], suffix: str) -> Path | None:
 class BratsSource(VolumeSource):
     """BraTS folders (≤ 2021: ET = 4; 2023+ GLI: ET = 3), one sub-folder per case."""
 
+    layout = (
+        "one folder per case, e.g. BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz (BraTS 2021) "
+        "or BraTS-GLI-00000-000/BraTS-GLI-00000-000-"
+        "{t1n,t1c,t2w,t2f,seg}.nii.gz (2023+)"
+    )
+
     class Params(VolumeParams):
         convention: Literal["auto", "2021", "2023"] = Field(
             "auto", description="label values: 2021 (ET = 4), 2023 (ET = 3), or auto from the file names"

@@ -29,6 +29,8 @@ def _resolve(root: Path, entry: Any, where: str) -> Path:
 class DecathlonSource(VolumeSource):
     """Medical Segmentation Decathlon Task01_BrainTumour (4-D images; 1 ED, 2 NCR/NET, 3 ET)."""
 
+    layout = "Task01_BrainTumour as the Decathlon archive unpacks: dataset.json, imagesTr/BRATS_XXX.nii.gz and labelsTr/BRATS_XXX.nii.gz"
+
     class Params(VolumeParams):
         pass
 
