@@ -7,6 +7,7 @@ through submitit's result file; the driver alone writes the results database, as
 and trained generators from the artifact cache, so on a real cluster the project, the
 output folder (or ``executor.folder``) and ``POISONBENCH_CACHE`` must be on a file system
 the nodes share; ``executor.setup`` lines (``module load …``) run first in every job.
+``device: auto`` means the GPUs the jobs ask for (``gpus_per_node``), not the driver's.
 
 A job that ends without a result (cancelled with ``scancel``, past its time limit, out of
 memory, its node lost) is recorded as a failed cell whose error is the scheduler's state
@@ -45,7 +46,7 @@ from .errors import BenchError
 from .executors import CELL, PREPARE, CellQueue, Executor, Task, WorkerSpec, cell_threads, execute_cell, prepare_cell
 from .store import FAILED, CellRecord
 
-__all__ = ["SlurmExecutor", "JOBS_FILE", "scheduler_states"]
+__all__ = ["SlurmExecutor", "JOBS_FILE", "job_device", "scheduler_states"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class SlurmExecutor(Executor):
             )
         self.submitit = submitit
         self.config = config
-        self.spec = replace(spec, threads=cell_threads(config))
+        self.spec = replace(spec, threads=cell_threads(config), device=job_device(spec.config.get("device", "auto"), config))
         self.out_dir = Path(out_dir)
         self.folder = Path(config.folder).expanduser().resolve() if config.folder else self.out_dir.resolve() / "slurm"
         self.jobs_file = self.out_dir / JOBS_FILE
@@ -123,7 +124,7 @@ class SlurmExecutor(Executor):
                 executor = self.submitit.SlurmExecutor(folder=self._job_folder(), max_num_timeout=0)
                 parameters: dict[str, Any] = {
                     "time": self.config.timeout_min, "cpus_per_task": self.config.cpus_per_task,
-                    "setup": list(self.config.setup),
+                    "setup": list(self.config.setup), "signal_delay_s": _signal_delay_s(self.config.timeout_min),
                     "additional_parameters": {key: value for key, value in self.config.sbatch.items()},
                 }
                 if self.config.gpus_per_node:
@@ -296,6 +297,32 @@ class SlurmExecutor(Executor):
         environment = {"device": self.spec.device, "torch_threads": self.spec.threads, "executor": "slurm",
                        "cluster": self.config.cluster, "job_id": job.job_id}
         return CellRecord(task.key, self._cells[task.key].config(), FAILED, submitted_at, time.time(), {}, environment, error=error)
+
+
+def job_device(requested: str, config: ExecutorConfig) -> str:
+    """The device the cells' jobs run on: ``device: auto`` means the GPUs the jobs ask for.
+
+    The driver runs on a login node (or here, for ``cluster: local``), whose devices say
+    nothing of the jobs': a job sees a GPU when ``gpus_per_node`` asks for one (submitit's
+    local executor also hides the GPUs from a job that asks for none).
+
+    Raises:
+        BenchError: ``device: cuda`` with ``gpus_per_node: 0``.
+    """
+    if requested == "auto":
+        return "cuda" if config.gpus_per_node else "cpu"
+    if requested == "cuda" and not config.gpus_per_node:
+        raise BenchError("executor.gpus_per_node: device: cuda needs a GPU in each job; set executor.gpus_per_node: 1 (or device: cpu)")
+    return requested
+
+
+def _signal_delay_s(timeout_min: int) -> int:
+    """Seconds before the time limit at which Slurm warns the job (submitit then ends the cell as timed out).
+
+    submitit's 90 s would come before a short job even starts, and a warned job that has
+    not timed out counts as preempted and is queued again.
+    """
+    return min(90, max(10, timeout_min * 60 // 10))
 
 
 def _refreshed(path: Path) -> Path:

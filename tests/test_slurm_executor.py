@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -158,6 +159,23 @@ def test_config_becomes_the_jobs_sbatch_options(tiny_config, tmp_path):
     assert str(executor.folder).startswith(str((tmp_path / "out").resolve()))
 
 
+@pytest.mark.parametrize(
+    "device, gpus, expected",
+    [("auto", 0, "cpu"), ("auto", 1, "cuda"), ("cpu", 2, "cpu"), ("cuda", 1, "cuda"), ("cuda", 0, "error")],
+)
+def test_jobs_run_on_the_device_their_gpus_allow(device, gpus, expected):
+    from benchmark import BenchError
+    from benchmark.config import ExecutorConfig
+    from benchmark.slurm_executor import job_device
+
+    config = ExecutorConfig(name="slurm", gpus_per_node=gpus)
+    if expected == "error":
+        with pytest.raises(BenchError, match="executor.gpus_per_node: device: cuda needs a GPU in each job"):
+            job_device(device, config)
+    else:
+        assert job_device(device, config) == expected
+
+
 # submitit's local executor: the jobs as processes here
 
 
@@ -222,6 +240,18 @@ def test_interrupted_driver_collects_running_and_finished_jobs_and_reruns_lost_o
 @needs_cluster
 def test_real_slurm_sweep_matches_local(tiny_config, write_config, tmp_path, jobs_import_tests):
     _matches_local(tiny_config, write_config, tmp_path, {"name": "slurm", "threads": 1, "timeout_min": 10})
+
+
+@needs_cluster
+def test_job_that_fails_before_the_cell_is_recorded_with_the_schedulers_state(tiny_config, write_config, tmp_path):
+    tiny_config["segmenters"] = [{"name": "test-slurm-hold"}]
+    tiny_config["executor"] = {"name": "slurm", "threads": 1, "setup": ["echo 'no such module' >&2", "exit 3"]}
+    out = tmp_path / "out"
+    assert main(["run", str(write_config(tiny_config)), "--out", str(out), "--quiet"]) == 1
+    [(status, _, error)] = _runs(out).values()
+    assert status == "failed"
+    assert re.fullmatch(r"slurm job \d+ ended FAILED \(reason: NonZeroExitCode\)", error.strip().splitlines()[-1])
+    assert "no such module" in error  # the job's error log comes first
 
 
 def _wait_for(path: Path, seconds: float) -> None:
