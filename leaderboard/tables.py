@@ -76,6 +76,12 @@ def _number(value: Any, digits: int = 6) -> float | None:
     return round(value, digits) if math.isfinite(value) else None
 
 
+def _mean_known(values: list[float | None]) -> float | None:
+    """The mean of the values that are known (None without any)."""
+    known = [v for v in values if v is not None]
+    return _number(sum(known) / len(known)) if known else None
+
+
 def _p_value(value: Any) -> float | None:
     """A p-value to 8 significant digits (small ones keep their precision)."""
     number = _number(value, 17)
@@ -238,13 +244,12 @@ def _attack_rows(study: _Study, attacks: list, curves: list, segmenters: list) -
         if clean_of_segmenter is None:
             clean = study.cell_rows.get((segmenter, NO_ATTACK, 0.0, NO_DEFENSE))
             clean_of_segmenter = clean["dice"] if clean else None
-        known = [v for v in drops.values() if v is not None]
         segmenters.append({
             **_identity(study.entry, study.dataset, segmenter),
             "clean_dice": clean_of_segmenter,
             "drops": drops,
             "drops_interpolated": drops_interpolated,
-            "mean_drop": _number(sum(known) / len(known)) if known else None,
+            "mean_drop": _mean_known(list(drops.values())),
         })
 
 
@@ -285,18 +290,14 @@ def _defense_rows(study: _Study, defenses: list) -> None:
                              & (effect["rate"] == 0.0)]
         clean_cost = _number(at_zero.iloc[0]["clean_cost"]) if not at_zero.empty else None
 
-        def mean(values: list[float | None]) -> float | None:
-            known = [v for v in values if v is not None]
-            return _number(sum(known) / len(known)) if known else None
-
         defenses.append({
             **_identity(study.entry, study.dataset, segmenter),
             "attack": attack,
             "defense": defense,
-            "auroc": mean([p["auroc"] for p in points]),
-            "ap": mean([p["ap"] for p in points]),
+            "auroc": _mean_known([p["auroc"] for p in points]),
+            "ap": _mean_known([p["ap"] for p in points]),
             "points": points,
-            "mean_recovered": mean([p["recovered"] for p in points if p["rate"] > 0]),
-            "mean_recovery": mean([p["recovery"] for p in points]),
+            "mean_recovered": _mean_known([p["recovered"] for p in points if p["rate"] > 0]),
+            "mean_recovery": _mean_known([p["recovery"] for p in points]),
             "clean_cost": clean_cost,
         })

@@ -33,7 +33,6 @@ MLflow from 2.10. A ``sqlite:///mlflow.db`` URI (or a tracking server) works as 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -45,6 +44,8 @@ import pandas as pd
 
 import benchmark
 from benchmark import BenchError, ResultStore
+
+from .bundle import finite_or_none
 
 __all__ = ["DEFAULT_EXPERIMENT", "DEFAULT_TRACKING_URI", "INSTALL_HINT", "MlflowExport", "export_mlflow", "tracking_uri"]
 
@@ -115,13 +116,9 @@ def _key(name: str) -> str:
 
 
 def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
+    """A finite number as a float; None for anything else (NaN, infinities, text, booleans, None)."""
+    number = finite_or_none(value)
+    return float(number) if isinstance(number, (int, float)) and not isinstance(number, bool) else None
 
 
 def _numbers(report: Any, prefix: str) -> dict[str, float]:
