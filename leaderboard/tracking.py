@@ -57,7 +57,7 @@ INSTALL_HINT = "pip install 'poisonbench[mlflow]'"
 _GROUP_SUMMARY = ["dice", "dice_ci_low", "dice_ci_high", "drop", "drop_ci_low", "drop_ci_high", "p_value", "p_holm",
                   "dice_clean", "seeds", "cases"]
 _GROUP_EFFECT = ["dice_without", "recovery", "clean_cost", "damage"]
-_BATCH = 100  # MLflow takes at most 100 parameters and 100 tags per log_batch call
+_BATCH = 100  # one log_batch call takes at most 100 parameters, 100 tags and 1000 metrics
 _UNSAFE_KEY = re.compile(r"[^\w.\- /]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # file:, sqlite:, http:, databricks: (two letters at least: not C:)
 
@@ -95,7 +95,7 @@ def _client(uri: str) -> Any:
     except ImportError:
         raise BenchError(f"bench export --mlflow needs MLflow, which is not installed; install it with: {INSTALL_HINT}") from None
     if uri.startswith("file:"):
-        # MLflow 3 refuses the file store unless told; the default is one
+        # MLflow 3 refuses the file store unless told, and ./mlruns, the default, is one
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MlflowClient(tracking_uri=uri)
 
