@@ -70,7 +70,7 @@ import pandas as pd
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS
 from .errors import ConfigError
 from .identity import NO_ATTACK, NO_DEFENSE
-from .metrics import METRICS
+from .metrics import DISTANCE_METRICS, METRICS
 
 __all__ = [
     "ALPHA",
@@ -79,6 +79,7 @@ __all__ = [
     "CURVE_METRICS",
     "DEFENSE_EFFECT_COLUMNS",
     "DETECTION_FIGURES",
+    "DISTANCE_SUMMARY_COLUMNS",
     "GROUP_COLUMNS",
     "Interval",
     "MIN_SEEDS",
@@ -127,6 +128,12 @@ SUMMARY_EXTRA_COLUMNS = [
     "poisoned_share", "seed_list", "dice_clean", "p_holm", "note",
     *(f"{m}{s}" for m in CURVE_METRICS if m != "dice" for s in ("", "_ci_low", "_ci_high")),
 ]
+DISTANCE_SUMMARY_COLUMNS = [
+    f"{m}{s}" for m in DISTANCE_METRICS for s in ("", "_ci_low", "_ci_high", "_rise", "_rise_ci_low", "_rise_ci_high")
+]
+"""HD95 columns of ``summary.csv``, after `SUMMARY_EXTRA_COLUMNS`. HD95 is lower-is-better, so
+its comparison with the clean baseline is a *rise*, attacked − clean (positive: the attack
+hurt, as a positive Dice ``drop`` is), over the seeds and cases both measured."""
 DEFENSE_EFFECT_COLUMNS = [
     "segmenter", "attack", "rate", "defense", "seeds", "dice", "dice_without", "dice_clean", "recovery", "clean_cost",
     *DETECTION_FIGURES, "damage", "detectable_difference", "recovery_note", "poisoned_share",
@@ -225,8 +232,9 @@ def study_tables(runs: pd.DataFrame, metrics: pd.DataFrame, label: Label = plugi
         case`` + the metrics.
     """
     columns = ["cell", *GROUP_COLUMNS, "seed", "attack_report", "defense_report"]
+    scores = (*METRICS, *DISTANCE_METRICS)
     if runs.empty:
-        return pd.DataFrame(columns=columns), pd.DataFrame(columns=[*GROUP_COLUMNS, "seed", "cell", "case", *METRICS])
+        return pd.DataFrame(columns=columns), pd.DataFrame(columns=[*GROUP_COLUMNS, "seed", "cell", "case", *scores])
     configs = list(runs["config"])
     cells = pd.DataFrame({"cell": runs["cell_key"].to_numpy()})
     for kind in ("segmenter", "attack", "defense"):
@@ -237,9 +245,9 @@ def study_tables(runs: pd.DataFrame, metrics: pd.DataFrame, label: Label = plugi
         cells[report] = list(runs[report]) if report in runs else [{}] * len(runs)
         cells[report] = cells[report].map(lambda r: r if isinstance(r, dict) else {})
     cells = cells[(runs["status"] == "finished").to_numpy()].reset_index(drop=True)[columns]
-    keep = [c for c in ("cell", "case", *METRICS) if c in metrics]
+    keep = [c for c in ("cell", "case", *scores) if c in metrics]
     cases = metrics[keep].merge(cells[["cell", *GROUP_COLUMNS, "seed"]], on="cell", how="inner")
-    return cells, cases[[*GROUP_COLUMNS, "seed", "cell", "case", *[m for m in METRICS if m in cases]]]
+    return cells, cases[[*GROUP_COLUMNS, "seed", "cell", "case", *[m for m in scores if m in cases]]]
 
 
 def _group_key(row: Any) -> tuple:
@@ -509,20 +517,23 @@ def _mean_report(cells: pd.DataFrame, report: str, field: str) -> float:
 
 
 def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
-    """One row per group: `SUMMARY_COLUMNS`, then `SUMMARY_EXTRA_COLUMNS`.
+    """One row per group: `SUMMARY_COLUMNS`, then `SUMMARY_EXTRA_COLUMNS`, then `DISTANCE_SUMMARY_COLUMNS`.
 
     ``dice`` and its interval are over the group's seeds and cases; ``drop`` is against
     the same segmenter's clean baseline over the seeds and cases both have (empty on the
     baseline itself); ``p_value`` (raw) and ``significant`` are empty with fewer than
     `MIN_SEEDS` paired seeds (``note`` says "1 seed" / "2 seeds" then); ``p_holm`` is
     the p-value adjusted by Holm over the study's drops (the table's), and
-    ``significant`` is ``p_holm < ALPHA``.
+    ``significant`` is ``p_holm < ALPHA``. ``hd95`` and its interval are over the seeds and
+    cases that measured it, ``hd95_rise`` (attacked − clean, lower-is-better) over those both
+    measured; empty where nothing was measured.
     """
-    columns = [*SUMMARY_COLUMNS, *SUMMARY_EXTRA_COLUMNS]
+    columns = [*SUMMARY_COLUMNS, *SUMMARY_EXTRA_COLUMNS, *DISTANCE_SUMMARY_COLUMNS]
     if cases.empty:
         return pd.DataFrame(columns=columns)
     tables = {metric: _matrices(cases, metric) for metric in CURVE_METRICS if metric in cases}
     dice = tables["dice"]
+    distances = {m: _matrices(cases, m) for m in DISTANCE_METRICS if m in cases and cases[m].notna().any()}
     rows = []
     for key, table in dice.items():
         segmenter, attack, rate, defense = key
@@ -545,6 +556,8 @@ def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
                 significant=drop.significant, dice_clean=float(dice[clean].loc[clean_seeds, clean_cases].to_numpy().mean())
                 if clean_seeds and clean_cases else math.nan,
             )
+        for metric, by_group in distances.items():
+            row.update(_distance_columns(metric, by_group, key, clean))
         if clean == key:
             row["note"] = "clean baseline"
         else:
@@ -555,6 +568,20 @@ def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
     frame["significant"] = [None if pd.isna(p) else bool(p < ALPHA) for p in frame["p_holm"]]
     frame["significant"] = frame["significant"].astype(object)
     return frame.sort_values(["segmenter", "attack", "defense", "rate"], kind="stable").reset_index(drop=True)
+
+
+def _distance_columns(metric: str, by_group: dict[tuple, pd.DataFrame], key: tuple, clean: tuple | None) -> dict[str, float]:
+    """A lower-is-better metric's mean and interval for group ``key``, and its rise over the clean baseline."""
+    own = by_group.get(key)
+    if own is None or own.empty:
+        return {}
+    seeds, case_ids = _paired(own)
+    interval = mean_interval(own.loc[seeds, case_ids].to_numpy())
+    out = {metric: interval.mean, f"{metric}_ci_low": interval.ci_low, f"{metric}_ci_high": interval.ci_high}
+    if clean is not None and clean != key and clean in by_group and not by_group[clean].empty:
+        rise = drop_interval(own, by_group[clean])  # attacked − clean: positive when the attack raised the distance
+        out.update({f"{metric}_rise": rise.mean, f"{metric}_rise_ci_low": rise.ci_low, f"{metric}_rise_ci_high": rise.ci_high})
+    return out
 
 
 def dose_response_rows(summary: pd.DataFrame, attack: str, segmenter: str | None = None) -> pd.DataFrame:

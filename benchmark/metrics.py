@@ -7,18 +7,46 @@ Empty-mask convention: when truth and prediction are both empty, Dice = Jaccard 
 when the truth is empty and the prediction is not, Dice = Jaccard = 0. A ratio whose
 denominator is zero (sensitivity with no true positives to find, specificity with no
 negatives) is 1: nothing that could be missed was missed.
+
+HD95 (`case_hd95`) is the 95th-percentile symmetric Hausdorff distance in mm, MONAI's
+``compute_hausdorff_distance(percentile=95)`` over the case's slices stacked at their true
+positions, with the voxel spacing of the case's geometry (`benchmark.geometry`):
+
+- slices evenly spaced in the source (every slice, or every k-th) form one volume whose
+  slice spacing is k times the source's; slices with uneven gaps are placed on the source
+  grid from the first kept slice to the last, the gaps empty in both masks (so a region
+  cut by a gap has a surface at the cut in truth and prediction alike);
+- both masks empty: 0 mm (nothing to find, nothing found);
+- one mask empty: the diagonal of the case's volume in mm, ``sqrt((H dx)^2 + (W dy)^2 +
+  (Z dz)^2)`` over the grid the slices span: the largest distance inside it, BraTS's
+  convention (373.13 mm for a 240 x 240 x 155 volume of 1 mm voxels);
+- a slice set without geometry: NaN (no spacing to measure in); summaries skip it.
+
+HD95 is lower-is-better, unlike the five ratios (`LOWER_IS_BETTER`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["METRICS", "confusion_by_case", "metrics_from_confusion", "case_metrics", "Aggregate", "aggregate"]
+from .geometry import SliceGeometry
+
+__all__ = [
+    "METRICS", "DISTANCE_METRICS", "LOWER_IS_BETTER", "confusion_by_case", "metrics_from_confusion", "case_metrics",
+    "case_hd95", "hd95", "Aggregate", "aggregate",
+]
 
 METRICS: tuple[str, ...] = ("dice", "jaccard", "accuracy", "sensitivity", "specificity")
+"""The ratios of one confusion count (recomputable from ``tp fp tn fn``)."""
+DISTANCE_METRICS: tuple[str, ...] = ("hd95",)
+"""Surface distances in mm (not recomputable from the counts)."""
+LOWER_IS_BETTER: frozenset[str] = frozenset(DISTANCE_METRICS)
+"""Metrics where a smaller value is better: an attack raises them."""
 
 
 def confusion_by_case(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray) -> pd.DataFrame:
@@ -70,9 +98,95 @@ def metrics_from_confusion(counts: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([result, counts], axis=1)
 
 
-def case_metrics(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray) -> pd.DataFrame:
-    """Per-case metrics and counts: columns ``METRICS`` + ``tp fp tn fn``, indexed by case."""
-    return metrics_from_confusion(confusion_by_case(pred, truth, case_ids))
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th-percentile symmetric Hausdorff distance (mm) of two 3-D masks, with the empty-mask rule above.
+
+    Args:
+        pred: binary ``[H, W, Z]`` prediction.
+        truth: binary ``[H, W, Z]`` reference.
+        spacing: voxel size in mm along the three axes.
+
+    Returns:
+        HD95 in mm: MONAI's ``compute_hausdorff_distance(percentile=95)``; 0 when both masks
+        are empty, the volume's diagonal in mm when only one is.
+    """
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape or pred.ndim != 3:
+        raise ValueError(f"hd95 needs two 3-D masks of one shape; got {pred.shape} and {truth.shape}")
+    has_pred, has_truth = bool(pred.any()), bool(truth.any())
+    if not has_pred and not has_truth:
+        return 0.0
+    if has_pred != has_truth:
+        return math.sqrt(sum((n * float(d)) ** 2 for n, d in zip(pred.shape, spacing)))
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    distance = compute_hausdorff_distance(
+        torch.from_numpy(pred[None, None]), torch.from_numpy(truth[None, None]), include_background=True,
+        percentile=95, spacing=[float(d) for d in spacing],
+    )
+    return float(distance.reshape(-1)[0])
+
+
+def _case_masks(pred: np.ndarray, truth: np.ndarray, geometry: SliceGeometry, rows: np.ndarray, case: str):
+    """A case's masks stacked at their true positions ``[H, W, Z]`` and the spacing of that stack (mm)."""
+    grid = geometry.case_grid(rows, case)
+    order = np.argsort(grid.index, kind="stable")
+    index = grid.index[order]
+    row_mm, col_mm, slice_mm = grid.spacing()
+    steps = np.diff(index)
+    if len(index) == 1 or (steps == steps[0]).all():  # evenly spaced: one volume, k times the slice spacing
+        step = int(steps[0]) if len(index) > 1 else 1
+        position = np.arange(len(index))
+    else:  # uneven gaps: the source grid from the first slice to the last, gaps empty
+        step, position = 1, index - index[0]
+    depth = int(position[-1]) + 1
+    stacked = []
+    for masks in (pred, truth):
+        volume = np.zeros((*masks.shape[1:], depth), dtype=bool)
+        volume[..., position] = np.moveaxis(np.asarray(masks[rows[order]], dtype=bool), 0, -1)
+        stacked.append(volume)
+    return stacked[0], stacked[1], (row_mm, col_mm, slice_mm * step)
+
+
+def case_hd95(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None) -> pd.Series:
+    """HD95 (mm) per case over its slices at their true positions (see the module docstring).
+
+    Args:
+        pred: binary ``[N, H, W]`` prediction.
+        truth: binary ``[N, H, W]`` reference.
+        case_ids: ``[N]`` case of each slice.
+        geometry: the slices' geometry; None gives NaN for every case.
+
+    Returns:
+        float Series named ``hd95``, indexed by case in order of first appearance.
+    """
+    case_ids = np.asarray(case_ids, dtype=str)
+    _, first = np.unique(case_ids, return_index=True)
+    cases = [case_ids[i] for i in sorted(first)]
+    values = []
+    for case in cases:
+        if geometry is None:
+            values.append(float("nan"))
+            continue
+        rows = np.flatnonzero(case_ids == case)
+        case_pred, case_truth, spacing = _case_masks(pred, truth, geometry, rows, case)
+        values.append(hd95(case_pred, case_truth, spacing))
+    return pd.Series(values, index=pd.Index(cases, name="case"), name="hd95", dtype=np.float64)
+
+
+def case_metrics(
+    pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None = None
+) -> pd.DataFrame:
+    """Per-case metrics and counts: columns ``METRICS``, ``hd95`` and ``tp fp tn fn``, indexed by case.
+
+    Args:
+        pred, truth, case_ids: as `confusion_by_case`.
+        geometry: the slices' geometry, for HD95 in mm; None leaves ``hd95`` NaN.
+    """
+    result = metrics_from_confusion(confusion_by_case(pred, truth, case_ids))
+    result.insert(len(METRICS), "hd95", case_hd95(pred, truth, case_ids, geometry).reindex(result.index))
+    return result
 
 
 @dataclass(frozen=True)

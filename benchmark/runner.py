@@ -246,7 +246,7 @@ class CellRunner:
             bad = pred[~np.isin(pred, (0, 1))][:3].tolist()
             raise PluginError(f"segmenter '{cell.segmenter.name}': predict() must return 0/1 masks; got values such as {bad}.")
         truth = region_mask(self.val.labels, cell.task.target)
-        metrics = case_metrics(pred > 0, truth, self.val.case_ids)
+        metrics = case_metrics(pred > 0, truth, self.val.case_ids, self.val.geometry)
         if not np.isfinite(metrics[list(METRICS)].to_numpy()).all():
             raise PluginError(f"segmenter '{cell.segmenter.name}': metrics are not finite.")
         record.case_metrics = metrics

@@ -34,6 +34,7 @@ EXPORTS: dict[str, str] = {
     "NO_ATTACK": ".identity", "NO_DEFENSE": ".identity", "NoAttack": ".identity", "NoDefense": ".identity",
     # the data contract
     "SliceSet": ".sliceset",
+    **dict.fromkeys(["SliceGeometry", "CaseGrid"], ".geometry"),
     **dict.fromkeys(["CaseNormalisation", "Normalisation", "ZSCORE", "IDENTITY", "renormalise_like"], ".normalisation"),
     **dict.fromkeys(["REGIONS", "region_mask", "to_common_labels"], ".regions"),
     "SEED_STREAMS": ".seeding", "SeedStreams": ".seeding",

@@ -5,7 +5,8 @@ Tables:
         ``failed``), timings, environment, error traceback, and the attack's and
         defense's reports (JSON).
     case_metrics: one row per cell × validation case — Dice, Jaccard, accuracy,
-        sensitivity, specificity and the TP/FP/TN/FN they come from.
+        sensitivity, specificity and the TP/FP/TN/FN they come from, and HD95 in mm
+        (NULL where unmeasured: cells stored before it was, data without geometry).
     studies: one row per study (`benchmark.studies`): its key, config, data fingerprint,
         package version, a short description, and when it was first and last run.
     study_cells: which cells each study planned (a cell may belong to several studies).
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS case_metrics (
     dice REAL NOT NULL, jaccard REAL NOT NULL, accuracy REAL NOT NULL,
     sensitivity REAL NOT NULL, specificity REAL NOT NULL,
     tp INTEGER NOT NULL, fp INTEGER NOT NULL, tn INTEGER NOT NULL, fn INTEGER NOT NULL,
+    hd95 REAL,
     PRIMARY KEY (cell_key, case_id)
 );
 CREATE TABLE IF NOT EXISTS studies (
@@ -117,6 +119,8 @@ class ResultStore:
             if version not in (0, 1, SCHEMA_VERSION):  # 1: no study tables yet; created below
                 raise BenchError(f"{self.path}: results database schema {version} is not supported (expected {SCHEMA_VERSION}).")
             self._db.executescript(_SCHEMA)
+            if "hd95" not in {row[1] for row in self._db.execute("PRAGMA table_info(case_metrics)")}:
+                self._db.execute("ALTER TABLE case_metrics ADD COLUMN hd95 REAL")  # stored before HD95 was measured
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise BenchError(f"{self.path}: cannot open the results database: {exc}") from None
@@ -161,8 +165,10 @@ class ResultStore:
         if record.case_metrics is not None:
             frame = record.case_metrics
             for case, row in frame.iterrows():
+                distance = float(row["hd95"]) if "hd95" in row and pd.notna(row["hd95"]) else None
                 rows.append(
-                    (record.key, str(case), *(float(row[m]) for m in METRICS), *(int(row[c]) for c in ("tp", "fp", "tn", "fn")))
+                    (record.key, str(case), *(float(row[m]) for m in METRICS), *(int(row[c]) for c in ("tp", "fp", "tn", "fn")),
+                     distance)
                 )
         with self._transaction() as db:
             db.execute("DELETE FROM case_metrics WHERE cell_key = ?", (record.key,))
@@ -189,7 +195,11 @@ class ResultStore:
                     record.error,
                 ),
             )
-            db.executemany("INSERT INTO case_metrics VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany(
+                "INSERT INTO case_metrics (cell_key, case_id, dice, jaccard, accuracy, sensitivity, specificity, tp, fp, tn, fn,"
+                " hd95) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
 
     def runs(self, keys: list[str] | None = None) -> pd.DataFrame:
         """The runs table (JSON columns parsed), optionally limited to some cell keys."""
@@ -204,11 +214,12 @@ class ResultStore:
         """Per-case metrics joined with each cell's segmenter, attack, rate, defense and seed."""
         frame = pd.read_sql_query(
             "SELECT r.cell_key AS cell, r.segmenter, r.attack, r.rate, r.defense, r.seed, m.case_id AS 'case',"
-            " m.dice, m.jaccard, m.accuracy, m.sensitivity, m.specificity, m.tp, m.fp, m.tn, m.fn"
+            " m.dice, m.jaccard, m.accuracy, m.sensitivity, m.specificity, m.tp, m.fp, m.tn, m.fn, m.hd95"
             " FROM case_metrics m JOIN runs r ON r.cell_key = m.cell_key WHERE r.status = 'finished'"
             " ORDER BY r.started_at, r.cell_key, m.rowid",
             self._db,
         )
+        frame["hd95"] = pd.to_numeric(frame["hd95"]).astype(float)  # NULL (not measured) -> NaN
         if keys is not None:
             frame = frame[frame["cell"].isin(keys)].reset_index(drop=True)
         return frame
