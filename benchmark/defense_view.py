@@ -71,6 +71,7 @@ class DefenseView:
             meta={},
             norm_masks=None,
             normalisation=None,
+            geometry=None,  # a synthetic copy shares its original's slice positions: they would pair them
         )
         trusted_set = {str(case) for case in trusted_cases}
         trusted = [opaque[case] for case in order if case in trusted_set]

@@ -184,3 +184,12 @@ def test_nnunet_accepts_the_export(tmp_path, gappy_brats, monkeypatch):
     out = tmp_path / "Dataset778_Check"
     assert main(["data", "export", str(config), "--attack", "none", "--rate", "0", "--out", str(out), "--quiet"]) == 0
     verify_dataset_integrity(str(out), num_processes=1)  # raises on any problem
+
+
+def test_a_defense_sees_no_geometry(tmp_path):
+    from benchmark.defense_view import DefenseView, view_rng
+
+    root = write_brats_with_affine(tmp_path / "data", 3)
+    data = create_dataset("brats", root=str(root)).load()
+    view = DefenseView.build(data, [data.cases[0]], view_rng("cell", "fingerprint"))
+    assert data.geometry is not None and view.train.geometry is None and view.trusted.geometry is None
