@@ -15,6 +15,7 @@ plugin's parameter model) costs no torch.
 from __future__ import annotations
 
 from ._exports import lazy_attributes
+from .environment import environment  # bound now: the submodule of that name would shadow it once imported
 from .sdk import EXPORTS as _SDK
 from .tools import EXPORTS as _TOOLS
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .sliceset import SliceSet
 
-__all__ = ["plot_attack_examples", "plot_dose_response"]
+__all__ = ["original_case", "plot_attack_examples", "plot_dose_response"]
 
 DOSE_METRICS = ("dice", "accuracy", "sensitivity")
 
@@ -34,15 +34,38 @@ def _representative_slice(labels: np.ndarray) -> int:
     return int(np.argmax(counts)) if counts.any() else len(labels) // 2
 
 
+def original_case(case: str, clean: SliceSet, poisoned: SliceSet) -> str | None:
+    """The clean case a poisoned case stands for: itself when ``clean`` has its id, else
+    the clean case of as many slices that shares the most with it (its masks, its
+    untouched channels), so an attack that adds copies under new ids needs not say how
+    it names them. None when no clean case shares anything with it.
+    """
+    known = set(clean.cases)
+    if case in known:
+        return case
+    fake = np.flatnonzero(poisoned.case_ids == case)
+    best, best_shared = None, 0
+    for candidate in clean.cases:
+        real = np.flatnonzero(clean.case_ids == candidate)
+        if len(real) != len(fake):
+            continue
+        shared = int(np.array_equal(clean.labels[real], poisoned.labels[fake])) + sum(
+            np.array_equal(clean.images[real, c], poisoned.images[fake, c]) for c in range(len(clean.channels))
+        )
+        if shared > best_shared:
+            best, best_shared = candidate, shared
+    return best
+
+
 def plot_attack_examples(
     clean: SliceSet, poisoned: SliceSet, path: Path, source: str | None = None, max_cases: int = 3, sources: Sequence[str] = (),
 ) -> Path:
     """One row per poisoned case: source channels, real target, poisoned target, mask.
 
     The target channels are those that differ between ``clean`` and ``poisoned`` on the
-    poisoned cases (the first one is shown). Cases added by an attack (``<case>~syn``)
-    are matched to their original case. A label-only attack shows the real and the
-    poisoned masks instead.
+    poisoned cases (the first one is shown). A case an attack added under a new id is
+    matched to the clean case it copies by content (`original_case`). A label-only attack
+    shows the real and the poisoned masks instead.
 
     Args:
         clean: the training set before the attack.
@@ -61,8 +84,8 @@ def plot_attack_examples(
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in poisoned.poisoned_cases()[:max_cases]:
-        original = case if case in set(clean.cases) else case.split("~", 1)[0]
-        if original not in set(clean.cases):
+        original = original_case(case, clean, poisoned)
+        if original is None:
             continue
         real_idx = np.flatnonzero(clean.case_ids == original)
         fake_idx = np.flatnonzero(poisoned.case_ids == case)

@@ -62,3 +62,27 @@ def test_the_graph_sees_imports_inside_functions(tmp_path):
     graph = import_graph()
     assert "benchmark.paths" in graph["benchmark.spill"]
     assert "benchmark.sliceset" in graph["benchmark.cache"]
+
+
+LIGHT_COMMANDS = [["list"], ["validate", "bench.yaml"], ["--help"], ["show", "attack", "gan-synthetic"]]
+
+
+@pytest.mark.parametrize("argv", LIGHT_COMMANDS, ids=" ".join)
+def test_light_commands_start_without_torch(argv):
+    """Listing, validating and help import no torch (nor MONAI): plugin modules keep their networks lazy."""
+    script = (
+        "import sys\nfrom benchmark.cli import main\n"
+        f"try:\n    code = main({argv!r})\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "heavy = sorted(m for m in ('torch', 'monai') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\nsys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "HEAVY []" in result.stderr, result.stderr[-2000:]
+
+
+def test_the_torch_check_can_fail():
+    """The same probe sees torch once something needs it (the training loop of the SDK)."""
+    script = "import sys\nfrom benchmark import fit_binary_segmentation\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]

@@ -7,10 +7,6 @@ import math
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
-from ..catalog import REGISTRIES
 from ..config import MAX_SEED, check_out_folder, load_config
 from ..errors import BenchError, DataNotFoundError, ExitCode
 from ..report import print_defense_effect, print_study_summary, print_summary, report_console, summarise
@@ -114,41 +110,6 @@ def _validate(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-# -- list ------------------------------------------------------------------------------
-def _register_list(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "list", "list plugins with their summaries and parameters",
-             "  bench list\n  bench list attacks\n  bench list segmenters --pattern '*unet*'")
-    p.add_argument("kind", nargs="?", choices=sorted(REGISTRIES), help="one kind only")
-    p.add_argument("--pattern", default="*", help="shell-style wildcard on plugin names")
-    p.set_defaults(handler=_list)
-
-
-def _list(args: argparse.Namespace) -> int:
-    console = Console()
-    kinds = [args.kind] if args.kind else list(REGISTRIES)
-    for kind in kinds:
-        registry = REGISTRIES[kind]
-        table = Table(title=kind, show_lines=True, header_style="bold")
-        table.add_column("name", style="cyan", no_wrap=True)
-        table.add_column("summary")
-        table.add_column("parameters (default) — description")
-        for name in registry.names(args.pattern):
-            cls = registry.get(name)
-            params = "\n".join(
-                f"{field}: {_type_name(info.annotation)} = {info.default!r} — {info.description or ''}"
-                for field, info in cls.Params.model_fields.items()
-            )
-            table.add_row(name, cls.summary(), params or "-")
-        console.print(table)
-        for where, problem in registry.load_errors.items():
-            console.print(f"[yellow]warning:[/] {kind} plugin {where} failed to load: {problem}")
-    return int(ExitCode.OK)
-
-
-def _type_name(annotation: object) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
 # -- report ---------------------------------------------------------------------------
 def _register_report(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "report", "print the tables of one study in an output folder's results database and write OUT/summary.csv",
@@ -208,4 +169,4 @@ def _report(args: argparse.Namespace) -> int:
     return int(ExitCode.CELL_FAILED if (summary["status"] != "finished").any() else ExitCode.OK)
 
 
-COMMANDS = [_register_run, _register_validate, _register_list, _register_report]
+COMMANDS = [_register_run, _register_validate, _register_report]

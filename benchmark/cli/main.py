@@ -1,4 +1,4 @@
-"""``bench``: run sweeps, validate configs, list plugins, report results, inspect data.
+"""``bench``: run sweeps, validate configs, list, show and create plugins, report results, inspect data.
 
 Exit codes: 0 all cells finished, 1 some cell failed, 2 usage or config error.
 """
@@ -13,7 +13,7 @@ from typing import Sequence
 from rich.console import Console
 
 from ..errors import BenchError, ExitCode
-from . import commands, data_commands
+from . import commands, data_commands, plugin_commands
 
 __all__ = ["main", "build_parser", "COMMAND_GROUP"]
 
@@ -32,7 +32,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for register in [*commands.COMMANDS, data_commands.register]:
+    for register in [*commands.COMMANDS, plugin_commands.register, data_commands.register]:
         register(sub)
     command = next((arg for arg in argv or [] if not arg.startswith("-")), None)
     if command not in sub.choices:  # scanning installed packages costs more than a resumed sweep
