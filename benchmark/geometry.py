@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["SliceGeometry", "CaseGrid", "voxel_spacing"]
+__all__ = ["SliceGeometry", "CaseGrid", "stack_slices", "voxel_spacing"]
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -117,3 +117,24 @@ class SliceGeometry:
         if len(np.unique(index)) != len(index):
             raise DataError(f"case {case}: two of its slices sit at the same grid index.")
         return CaseGrid(np.array(affines[0], dtype=np.float64), index)
+
+
+def stack_slices(slices: np.ndarray, grid: CaseGrid | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One case's slices as a volume on its grid, from its first slice to its last.
+
+    Args:
+        slices: ``[S, ...]``, the case's slices in the order of ``grid.index``.
+        grid: where they lie; None stacks them in order under an identity affine (1 mm).
+
+    Returns:
+        (volume ``[..., Z]`` of ``slices``' dtype, slices the grid has no row for are 0;
+        its affine ``[4, 4]``; the position along ``Z`` of each given slice ``[S]``).
+    """
+    slices = np.asarray(slices)
+    if grid is None:
+        position, affine = np.arange(len(slices)), np.eye(4)
+    else:
+        position, affine = grid.index - grid.span[0], grid.cropped_affine()
+    volume = np.zeros((*slices.shape[1:], int(position.max()) + 1), dtype=slices.dtype)
+    volume[..., position] = np.moveaxis(slices, 0, -1)
+    return volume, affine, position

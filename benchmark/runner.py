@@ -21,6 +21,7 @@ from .defense_view import DefenseView, view_rng
 from .detection import detection_stats
 from .environment import environment, package_version, torch_threads
 from .errors import PluginError
+from .geometry import SliceGeometry, stack_slices
 from .identity import NO_DEFENSE
 from .metrics import METRICS, case_metrics
 from .plugins import Attack, DatasetSource, Defense, RunContext, Segmenter
@@ -252,7 +253,7 @@ class CellRunner:
         record.case_metrics = metrics
         timings["predict_s"] = time.perf_counter() - clock
         if self.predictions_dir is not None:
-            save_predictions(self.predictions_dir / cell.key, pred, self.val.case_ids)
+            save_predictions(self.predictions_dir / cell.key, pred, self.val.case_ids, self.val.geometry)
 
     def _draw_examples(self, attack: str, clean: SliceSet, poisoned: SliceSet, sources: tuple[str, ...]) -> None:
         from .figures import plot_attack_examples
@@ -320,14 +321,17 @@ def _defense_scores(raw: Any, given: SliceSet, who: str) -> dict[str, float]:
     return scores
 
 
-def save_predictions(folder: Path, pred: np.ndarray, case_ids: np.ndarray) -> None:
-    """Write each case's predicted mask as ``<case>.nii.gz`` (slices along the third axis)."""
-    import nibabel as nib
+def save_predictions(folder: Path, pred: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None = None) -> None:
+    """Write each case's predicted mask as ``<case>.nii.gz`` on the case's grid, as an export writes it
+    (`benchmark.geometry.stack_slices`: its source's affine, slices at their true positions; identity without geometry)."""
+    from .datasets.export import write_nifti
 
     folder.mkdir(parents=True, exist_ok=True)
     for case in pd.unique(case_ids):
-        volume = np.moveaxis(np.asarray(pred[case_ids == case], dtype=np.uint8), 0, -1)
-        nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / f"{_safe_name(str(case))}.nii.gz")
+        rows = np.flatnonzero(case_ids == case)
+        grid = None if geometry is None else geometry.case_grid(rows, str(case))
+        volume, affine, _ = stack_slices(np.asarray(pred[rows], dtype=np.uint8), grid)
+        write_nifti(folder / f"{_safe_name(str(case))}.nii.gz", volume, affine)
 
 
 def _safe_name(name: str) -> str:

@@ -48,11 +48,12 @@ import numpy as np
 from ..cache import sha256_file
 from ..errors import BenchError, ConfigError
 from ..executors import cell_threads
+from ..geometry import stack_slices
 from ..regions import BRATS_2021_TO_COMMON, ED, ET, NCR
 from ..sliceset import SliceSet
 
 __all__ = [
-    "FORMATS", "NNUNET_BRATS_LABELS", "NNUNET_IGNORE", "cell_threads", "default_folder_name", "export_poisoned",
+    "FORMATS", "NNUNET_BRATS_LABELS", "NNUNET_IGNORE", "case_volume", "cell_threads", "default_folder_name", "export_poisoned",
     "nnunet_channel_name", "write_sliceset", "write_nifti",
 ]
 
@@ -109,7 +110,7 @@ def _lookup(mapping: dict[int, int]) -> np.ndarray:
 
 
 def case_volume(data: SliceSet, rows: np.ndarray, case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One case's slices on its grid, from the first kept slice to the last.
+    """One case's slices on its grid, from the first kept slice to the last (`benchmark.geometry.stack_slices`).
 
     Args:
         data: the slice set; its geometry places the rows (identity affine when it has none).
@@ -118,21 +119,13 @@ def case_volume(data: SliceSet, rows: np.ndarray, case: str) -> tuple[np.ndarray
 
     Returns:
         (images float32 ``[C, H, W, Z]``, common labels uint8 ``[H, W, Z]``, the volume's
-        affine ``[4, 4]``, the grid position in it of each kept slice ``[S]``). Gap slices
+        affine ``[4, 4]``, the sorted grid positions of the kept slices ``[S]``). Gap slices
         are 0 in both arrays.
     """
-    if data.geometry is None:
-        order, position, affine = rows, np.arange(len(rows)), np.eye(4)
-    else:
-        grid = data.geometry.case_grid(rows, case)
-        sort = np.argsort(grid.index, kind="stable")
-        order, position, affine = rows[sort], grid.index[sort] - grid.span[0], grid.cropped_affine()
-    depth = int(position[-1]) + 1
-    images = np.zeros((len(data.channels), *data.shape, depth), dtype=np.float32)
-    labels = np.zeros((*data.shape, depth), dtype=np.uint8)
-    images[..., position] = np.moveaxis(np.asarray(data.images[order], dtype=np.float32), 0, -1)
-    labels[..., position] = np.moveaxis(np.asarray(data.labels[order]), 0, -1)
-    return images, labels, affine, position
+    grid = None if data.geometry is None else data.geometry.case_grid(rows, case)
+    images, affine, position = stack_slices(np.asarray(data.images[rows], dtype=np.float32), grid)  # [C, H, W, Z]
+    labels, _, _ = stack_slices(np.asarray(data.labels[rows]), grid)
+    return images, labels, affine, np.sort(position)
 
 
 def write_sliceset(

@@ -193,3 +193,15 @@ def test_a_defense_sees_no_geometry(tmp_path):
     data = create_dataset("brats", root=str(root)).load()
     view = DefenseView.build(data, [data.cases[0]], view_rng("cell", "fingerprint"))
     assert data.geometry is not None and view.train.geometry is None and view.trusted.geometry is None
+
+
+def test_saved_predictions_sit_on_the_case_grid(tmp_path):
+    from benchmark.runner import save_predictions
+
+    root = write_brats_with_affine(tmp_path / "data", 1)
+    data = create_dataset("brats", root=str(root), slices="tumour", other_fraction=0.5).load()
+    save_predictions(tmp_path / "pred", np.asarray(data.labels) > 0, data.case_ids, data.geometry)
+    written = nib.load(str(tmp_path / "pred" / f"{data.cases[0]}.nii.gz"))
+    assert written.shape == (24, 24, 6)  # slices 1..6 of the source, 2 and 5 left out
+    assert np.allclose(apply_affine(written.affine, [0, 0, 0]), apply_affine(SOURCE_AFFINE, [0, 0, 1]))
+    assert not np.asarray(written.dataobj)[..., [1, 4]].any()
