@@ -37,6 +37,8 @@ EXPORTS: dict[str, str] = {
     **dict.fromkeys(["SliceGeometry", "CaseGrid"], ".geometry"),
     **dict.fromkeys(["CaseNormalisation", "Normalisation", "ZSCORE", "IDENTITY", "renormalise_like"], ".normalisation"),
     **dict.fromkeys(["REGIONS", "region_mask", "to_common_labels"], ".regions"),
+    # image quality of synthetic images (the generative attacks' report)
+    **dict.fromkeys(["NORMAL_BRAIN_MARGIN", "image_quality", "rim_contrast"], ".synthesis_quality"),
     "SEED_STREAMS": ".seeding", "SeedStreams": ".seeding",
     # errors a plugin raises
     **dict.fromkeys(["BenchError", "ConfigError", "DataError", "PluginError", "ExitCode"], ".errors"),
