@@ -125,7 +125,7 @@ class SlurmExecutor(Executor):
                 parameters: dict[str, Any] = {
                     "time": self.config.timeout_min, "cpus_per_task": self.config.cpus_per_task,
                     "setup": list(self.config.setup), "signal_delay_s": _signal_delay_s(self.config.timeout_min),
-                    "additional_parameters": {key: value for key, value in self.config.sbatch.items()},
+                    "additional_parameters": dict(self.config.sbatch),
                 }
                 if self.config.gpus_per_node:
                     parameters["gpus_per_node"] = self.config.gpus_per_node
@@ -168,7 +168,12 @@ class SlurmExecutor(Executor):
         except (OSError, ValueError) as exc:
             logger.warning("ignoring %s (%s): its cells run again", self.jobs_file, exc)
             return {}
-        return entries if isinstance(entries, dict) else {}
+        if not isinstance(entries, dict):
+            return {}
+        # an entry someone edited into another shape is dropped: its cell runs again
+        return {key: entry for key, entry in entries.items() if isinstance(entry, dict)
+                and entry.get("cluster") in ("slurm", "local") and isinstance(entry.get("folder"), str)
+                and str(entry.get("job_id", "")).isdigit()}
 
     def _save_entries(self, entries: dict[str, dict[str, Any]]) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from conftest import TINY_CONFIG
 from pydantic import Field
 
 from benchmark import PluginParams, Segmenter, register_segmenter, validate_config
@@ -90,22 +92,33 @@ def _runs(out: Path) -> dict[str, tuple[str, float, str | None]]:
                 db.execute("SELECT cell_key, status, finished_at, error FROM runs")}
 
 
-def _two_cells(tiny_config: dict, executor: dict) -> dict:
-    config = copy.deepcopy(tiny_config)
+def _two_cells(executor: dict) -> dict:
+    config = copy.deepcopy(TINY_CONFIG)
     config["attacks"] = [{"name": "none", "rates": [0, 0.5]}]
     config["executor"] = executor
     return config
 
 
-def _matches_local(tiny_config, write_config, tmp_path, executor: dict) -> None:
-    """A two-cell sweep through ``executor`` gives the local executor's per-case metrics at one thread."""
-    outs = {}
-    for name, settings in (("local", {"name": "local", "threads": 1}), ("other", executor)):
-        outs[name] = tmp_path / name
-        config = write_config(_two_cells(tiny_config, settings), f"{name}.yaml")
-        assert main(["run", str(config), "--out", str(outs[name]), "--quiet"]) == 0
-    pd.testing.assert_frame_equal(_sorted_results(outs["local"]), _sorted_results(outs["other"]))
-    assert json.loads((outs["other"] / "slurm-jobs.json").read_text()) == {}  # every job collected
+def _run(config: dict, folder: Path) -> Path:
+    """Run a sweep of ``config`` into ``folder/out``; returns the output folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", str(folder / "bench.yaml"), "--out", str(folder / "out"), "--quiet"]) == 0
+    return folder / "out"
+
+
+@pytest.fixture(scope="module")
+def local_results(tmp_path_factory) -> pd.DataFrame:
+    """The two-cell sweep's per-case metrics from the local executor at one thread (run once for the module)."""
+    return _sorted_results(_run(_two_cells({"name": "local", "threads": 1}), tmp_path_factory.mktemp("local")))
+
+
+def _matches_local(local_results: pd.DataFrame, tmp_path: Path, executor: dict) -> None:
+    """The two-cell sweep through ``executor`` gives the local executor's per-case metrics at one thread."""
+    out = _run(_two_cells(executor), tmp_path)
+    assert len(local_results) > 0
+    pd.testing.assert_frame_equal(local_results, _sorted_results(out))
+    assert json.loads((out / "slurm-jobs.json").read_text()) == {}  # every job collected
 
 
 # validation and job parameters
@@ -181,8 +194,8 @@ def test_jobs_run_on_the_device_their_gpus_allow(device, gpus, expected):
 
 @pytest.mark.slow
 @needs_submitit
-def test_cluster_local_matches_local_executor(tiny_config, write_config, tmp_path, jobs_import_tests):
-    _matches_local(tiny_config, write_config, tmp_path, {"name": "slurm", "cluster": "local", "threads": 1})
+def test_cluster_local_matches_local_executor(local_results, tmp_path, jobs_import_tests):
+    _matches_local(local_results, tmp_path, {"name": "slurm", "cluster": "local", "threads": 1})
 
 
 def _spec(config: dict, out: Path) -> tuple[WorkerSpec, list]:
@@ -238,8 +251,8 @@ def test_interrupted_driver_collects_running_and_finished_jobs_and_reruns_lost_o
 
 @pytest.mark.slow
 @needs_cluster
-def test_real_slurm_sweep_matches_local(tiny_config, write_config, tmp_path, jobs_import_tests):
-    _matches_local(tiny_config, write_config, tmp_path, {"name": "slurm", "threads": 1, "timeout_min": 10})
+def test_real_slurm_sweep_matches_local(local_results, tmp_path, jobs_import_tests):
+    _matches_local(local_results, tmp_path, {"name": "slurm", "threads": 1, "timeout_min": 10})
 
 
 @needs_cluster
