@@ -105,6 +105,15 @@ class GanParams(PluginParams):
         _FAST["crop"], ge=0, le=1024,
         description="train on random square crops of this size (0: whole slices); the generator translates whole slices (preset)",
     )
+    enhancement_weight: float = Field(
+        0.0, ge=0,
+        description="enhancement-weighted paired L1 (as in virtual contrast enhancement, Pasumarthi et al., Radiology 2021): "
+        "each target voxel's error is weighted by 1 + weight x max(0, target - enhancement_threshold), so the rare "
+        "enhancing voxels are not averaged away; 0: the plain paired L1",
+    )
+    enhancement_threshold: float = Field(
+        2.0, description="target intensity (in the data set's normalised units, z-scores over the brain) above which a voxel counts as enhancing"
+    )
     recon_fraction: float = Field(0.5, gt=0, le=1, description="share of each batch the reconstruction term is computed on (1: the whole batch)")
     identity_fraction: float = Field(0.5, gt=0, le=1, description="share of each batch the identity term is computed on (1: the whole batch)")
     path_fraction: float = Field(0.25, gt=0, le=1, description="share of each batch the shortest-path term is computed on (1: the whole batch)")
@@ -217,7 +226,8 @@ class GanSyntheticAttack(IntensityAttack):
             disc_width=p.disc_width, lambda_gan=p.lambda_gan, lambda_recon=p.lambda_recon, lambda_identity=p.lambda_identity,
             lambda_latent=p.lambda_latent, lambda_path=p.lambda_path, lambda_paired=p.lambda_paired, paired=p.paired, crop=p.crop,
             source_channels=len(p.sources), recon_fraction=p.recon_fraction, identity_fraction=p.identity_fraction,
-            path_fraction=p.path_fraction,
+            path_fraction=p.path_fraction, enhancement_weight=p.enhancement_weight,
+            enhancement_threshold=p.enhancement_threshold,
         )
 
     def fit(self, pool: SliceSet, rng: np.random.Generator) -> None:
