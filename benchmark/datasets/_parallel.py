@@ -98,7 +98,8 @@ class CaseReads:
             An exception it raises reaches the caller unchanged (a `DataError` naming the
             file, as the reader words it).
         cases: the cases, in the order they are handed back.
-        workers: processes reading at once (>= 1; at most one per case is started).
+        workers: processes reading at once (>= 1; at most one per case is started; one, in
+            this process, inside a daemonic process, which may not have children).
         scratch: a folder that may be created and removed (inside the artifact being built).
         describe: names a case in the error raised when a worker process dies.
     """
@@ -113,6 +114,8 @@ class CaseReads:
     ):
         self.read, self.cases, self.scratch, self.describe = read, list(cases), scratch, describe
         self.workers = max(1, min(int(workers), len(self.cases)))
+        if multiprocessing.current_process().daemon:  # a daemonic process may not start children: read here
+            self.workers = 1
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def __len__(self) -> int:

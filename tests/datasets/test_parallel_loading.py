@@ -117,6 +117,27 @@ def test_case_reads_hand_back_values_in_order(tmp_path, workers):
     assert not (tmp_path / "scratch").exists()
 
 
+def _read_in_a_daemon(scratch: str, out) -> None:
+    reads = CaseReads(_shapes, list(range(3)), 2, Path(scratch))
+    try:
+        out.put([(case, text) for case, (_, _, text) in reads])
+    finally:
+        reads.close()
+
+
+def test_a_daemonic_process_reads_in_itself(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    process = context.Process(target=_read_in_a_daemon, args=(str(tmp_path / "scratch"), out), daemon=True)
+    process.start()
+    got = out.get(timeout=60)
+    process.join(timeout=60)
+    assert process.exitcode == 0
+    assert got == [(0, "case-0"), (1, "case-1"), (2, "case-2")]
+
+
 def test_default_workers_is_the_cpu_affinity():
     assert default_workers() == len(os.sched_getaffinity(0))
 
