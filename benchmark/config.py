@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator,
+    model_serializer, model_validator,
+)
 
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS, create_plugin
 from .errors import ConfigError
@@ -71,6 +74,17 @@ class TaskConfig(_Strict):
 
     inputs: list[str] = Field(["t1ce"], min_length=1, description="input channel names")
     target: Literal["ET", "TC", "WT"] = Field("ET", description="target region")
+    dims: Literal[2, 3] = Field(
+        2, description="2: segmenters train and predict on slices; 3: on each case's slices stacked as a volume"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_dims(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a 2-D task dumps as it did before volumes existed, so cell keys and studies of 2-D configs stay the same
+        data = handler(self)
+        if self.dims == 2:
+            data.pop("dims", None)
+        return data
 
 
 class SplitConfig(_Strict):
@@ -512,6 +526,8 @@ def validate_config(data: dict[str, Any], source: str = "<config>") -> SweepConf
         _check_unique([a for a, _ in attacks if a], "attacks", problems)
         _check_unique([d for d in defenses if d], "defenses", problems)
         _check_trusted(raw.split, defenses, problems)
+        _check_dims(raw.task, {"segmenters": (SEGMENTERS, segmenters), "attacks": (ATTACKS, [a for a, _ in attacks]),
+                               "defenses": (DEFENSES, defenses)}, problems)
         if dataset is not None:
             _check_channels(dataset, raw.task, [a for a, _ in attacks], defenses, problems)
     if problems or raw is None:
@@ -566,6 +582,23 @@ def _check_trusted(split: SplitConfig, defenses: list[PluginSpec | None], proble
                 f"defenses[{i}]: defense '{spec.name}' needs trusted real cases; set split.trusted "
                 "to a fraction (< 1) or a count (>= 1) of the training cases."
             )
+
+
+def _check_dims(
+    task: TaskConfig, sections: dict[str, tuple[Registry, list[PluginSpec | None]]], problems: list[str]
+) -> None:
+    """Every plugin that declares the dimensions it works in (a ``dims`` class attribute, e.g.
+    `Segmenter.dims`) against ``task.dims``; plugins without one work per case in either."""
+    for section, (registry, specs) in sections.items():
+        for i, spec in enumerate(specs):
+            dims = getattr(registry.get(spec.name), "dims", None) if spec is not None else None
+            if dims is not None and task.dims not in dims:
+                supported = " or ".join(f"{d}-D" for d in dims)
+                fitting = [name for name, cls in registry.items() if task.dims in getattr(cls, "dims", ())]
+                hint = f" {registry.kind.capitalize()}s for {task.dims}-D: {', '.join(fitting)}." if fitting else ""
+                problems.append(
+                    f"{section}[{i}]: {registry.kind} '{spec.name}' works in {supported} only; task.dims is {task.dims}.{hint}"
+                )
 
 
 def _check_channels(

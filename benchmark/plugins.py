@@ -474,17 +474,30 @@ class Defense(Plugin):
 
 
 class Segmenter(Plugin):
-    """A segmentation model trained on slices of the task's input channels."""
+    """A segmentation model trained on slices, or on volumes, of the task's input channels.
+
+    ``task.dims`` 2 hands it slices ``[N, C, H, W]``; ``task.dims`` 3 hands it one volume
+    per case, ``[V, C, S, H, W]``: the case's slices in their true order (by their grid
+    index), stacked along ``S`` and padded with zero slices at the end to the deepest
+    case (padding is 0 in images and masks; predictions there are ignored). The harness
+    maps a volume's predictions back to its slices, so metrics count the same voxels
+    whatever the dims.
+    """
+
+    #: The task dims (``task.dims``) the segmenter works in; a config pairing it with
+    #: another fails validation.
+    dims: ClassVar[tuple[int, ...]] = (2,)
 
     def fit(self, images: np.ndarray, masks: np.ndarray) -> None:
         """Train.
 
         Args:
-            images: float32 ``[N, C, H, W]``.
-            masks: uint8 ``[N, H, W]``, 1 inside the target region.
+            images: float32 ``[N, C, H, W]`` (``task.dims`` 2) or ``[V, C, S, H, W]`` (3).
+            masks: uint8 ``[N, H, W]`` or ``[V, S, H, W]``, 1 inside the target region.
         """
         raise NotImplementedError
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Segment ``images`` (float32 ``[N, C, H, W]``) into uint8 masks ``[N, H, W]``."""
+        """Segment ``images`` (float32 ``[N, C, H, W]`` or ``[V, C, S, H, W]``) into uint8
+        masks ``[N, H, W]`` or ``[V, S, H, W]``."""
         raise NotImplementedError

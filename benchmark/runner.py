@@ -28,11 +28,14 @@ from .plugins import Attack, DatasetSource, Defense, RunContext, Segmenter
 from .regions import region_mask
 from .seeding import SeedStreams
 from .sliceset import SliceSet
-from .spill import all_finite, map_rows
+from .spill import all_finite, allocate, map_rows
 from .splitting import Split, split_cases
 from .store import FAILED, FINISHED, CellRecord
 
-__all__ = ["CellRunner", "SweepPlan", "apply_attack", "attack_training_split", "plan_sweep", "run_cell", "seed_everything"]
+__all__ = [
+    "CellRunner", "SweepPlan", "apply_attack", "attack_training_split", "case_volumes", "plan_sweep", "run_cell",
+    "seed_everything", "volume_slices",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -232,20 +235,25 @@ class CellRunner:
         clock = time.perf_counter()
         seed_everything(streams.integer("init"))
         segmenter: Segmenter = create_plugin(SEGMENTERS, cell.segmenter.name, cell.segmenter.params)  # type: ignore[assignment]
+        if cell.task.dims not in segmenter.dims:  # validation refuses such configs; a cell built by hand may not be validated
+            supported = " or ".join(f"{d}-D" for d in segmenter.dims)
+            raise PluginError(f"segmenter '{cell.segmenter.name}' works in {supported} only; task.dims is {cell.task.dims}.")
         segmenter.bind(replace(context, seed=streams.integer("batches")))
         masks = map_rows(kept.labels, np.arange(len(kept)), lambda rows: region_mask(rows, cell.task.target), kept.shape, np.uint8)
-        segmenter.fit(kept.select_channels(cell.task.inputs), masks)
+        images = kept.select_channels(cell.task.inputs)
+        if cell.task.dims == 3:
+            images, masks = (case_volumes(array, kept.case_ids, kept.geometry)[0] for array in (images, masks))
+        segmenter.fit(images, masks)
         timings["fit_s"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         images = self.val.select_channels(cell.task.inputs)
-        pred = np.asarray(segmenter.predict(images))
-        expected = (len(images), *images.shape[2:])
-        if pred.shape != expected:
-            raise PluginError(f"segmenter '{cell.segmenter.name}': predict() returned shape {pred.shape}; expected {expected}.")
-        if not np.isin(pred, (0, 1)).all():
-            bad = pred[~np.isin(pred, (0, 1))][:3].tolist()
-            raise PluginError(f"segmenter '{cell.segmenter.name}': predict() must return 0/1 masks; got values such as {bad}.")
+        if cell.task.dims == 3:
+            # one volume per validation case, its predictions put back on its slices: the same voxels as in 2-D
+            volumes, rows = case_volumes(images, self.val.case_ids, self.val.geometry)
+            pred = volume_slices(_checked_masks(segmenter.predict(volumes), volumes, cell.segmenter.name), rows)
+        else:
+            pred = _checked_masks(segmenter.predict(images), images, cell.segmenter.name)
         truth = region_mask(self.val.labels, cell.task.target)
         metrics = case_metrics(pred > 0, truth, self.val.case_ids, self.val.geometry)
         if not np.isfinite(metrics[list(METRICS)].to_numpy()).all():
@@ -304,6 +312,59 @@ class CellRunner:
             )
         kept = train.subset([case for case in train.cases if case not in set(removed)])
         return kept, stats
+
+
+def _checked_masks(pred: Any, images: np.ndarray, segmenter: str) -> np.ndarray:
+    """A segmenter's predictions for ``images`` (``[N, C, H, W]`` or ``[V, C, S, H, W]``), checked: 0/1 masks of their shape less ``C``."""
+    pred = np.asarray(pred)
+    expected = (len(images), *images.shape[2:])
+    if pred.shape != expected:
+        raise PluginError(f"segmenter '{segmenter}': predict() returned shape {pred.shape}; expected {expected}.")
+    if not np.isin(pred, (0, 1)).all():
+        bad = pred[~np.isin(pred, (0, 1))][:3].tolist()
+        raise PluginError(f"segmenter '{segmenter}': predict() must return 0/1 masks; got values such as {bad}.")
+    return pred
+
+
+def case_volumes(
+    slices: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each case's slices stacked into one volume, in their true order, zero-padded to the deepest case.
+
+    The volumes a ``task.dims: 3`` segmenter trains on and predicts: slices ordered by
+    their grid index (`benchmark.geometry`; row order without geometry), stacked one after
+    another (gaps between kept slices are not filled), the padding slices at the end.
+
+    Args:
+        slices: ``[N, C, H, W]`` images or ``[N, H, W]`` masks.
+        case_ids: ``[N]`` case of each slice.
+        geometry: the slices' geometry, or None.
+
+    Returns:
+        (volumes ``[V, C, S, H, W]`` or ``[V, S, H, W]`` of ``slices``' dtype, cases in order
+        of first appearance; for each case the rows of ``slices`` at ``S = 0, 1, ...``).
+    """
+    rows = []
+    for case in pd.unique(case_ids):
+        index = np.flatnonzero(case_ids == case)
+        if geometry is not None:
+            index = index[np.argsort(geometry.case_grid(index, str(case)).index, kind="stable")]
+        rows.append(index)
+    depth = max((len(r) for r in rows), default=0)
+    volumes = allocate((len(rows), *slices.shape[1:-2], depth, *slices.shape[-2:]), slices.dtype)
+    for v, index in enumerate(rows):
+        volume = np.moveaxis(np.asarray(slices[index]), 0, -3)
+        volumes[v, ..., : len(index), :, :] = volume
+        volumes[v, ..., len(index) :, :, :] = 0
+    return volumes, rows
+
+
+def volume_slices(volumes: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
+    """Masks ``[V, S, H, W]`` of `case_volumes`' volumes back on the slices they came from: ``[N, H, W]``, padding dropped."""
+    out = np.empty((sum(len(r) for r in rows), *volumes.shape[-2:]), dtype=volumes.dtype)
+    for v, index in enumerate(rows):
+        out[index] = volumes[v, : len(index)]
+    return out
 
 
 def _defense_scores(raw: Any, given: SliceSet, who: str) -> dict[str, float]:
