@@ -26,7 +26,7 @@ from .studies import describe_study, study_config, study_key
 from .splitting import split_cases
 from .store import FINISHED, CellRecord, ResultStore
 
-__all__ = ["SweepResult", "run_sweep", "check_task_channels", "draw_dose_response"]
+__all__ = ["SweepResult", "run_sweep", "check_task_channels", "draw_dose_response", "draw_frontier"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,28 @@ def draw_dose_response(summary: pd.DataFrame, folder: Path) -> None:
             plot_dose_response(summary, str(attack), folder / f"{attack}-dose-response.png")
         except Exception as exc:  # a figure is a courtesy; it must not fail the sweep
             logger.warning("could not draw the dose-response of %s: %s", attack, exc)
+
+
+def draw_frontier(defenses: pd.DataFrame, folder: Path) -> Path | None:
+    """``frontier.png`` when the study has more than one attack setting scored by a defense.
+
+    Args:
+        defenses: the study's ``defenses.csv`` table.
+        folder: where the PNG goes.
+
+    Returns:
+        the figure's path, or None when there is nothing to compare.
+    """
+    from .frontier import frontier_rows, plot_frontier
+
+    rows = frontier_rows(defenses)
+    if rows["attack"].nunique() < 2:
+        return None
+    try:
+        return plot_frontier(rows, folder / "frontier.png")
+    except Exception as exc:  # a figure is a courtesy; it must not fail the sweep
+        logger.warning("could not draw the frontier: %s", exc)
+        return None
 
 
 def run_sweep(
@@ -152,6 +174,7 @@ def run_sweep(
         summary = summarise(store.runs(keys), store.case_metrics(keys))
         if ran:
             draw_dose_response(tables["summary"], out_dir / "figures")
+            draw_frontier(tables["defenses"], out_dir / "figures")
     if not quiet:
         print_summary(summary, console)
         if not tables["summary"].empty:

@@ -1,0 +1,47 @@
+"""The stealth–damage frontier: rows from the defenses table, and when the figure is drawn."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from benchmark.frontier import FRONTIER_COLUMNS, frontier_rows
+from benchmark.sweep import draw_frontier
+
+
+def _defenses(attacks: list[str]) -> pd.DataFrame:
+    rows = []
+    for a, attack in enumerate(attacks):
+        for rate in (0.0, 0.5):
+            for d, (defense, auroc) in enumerate([("mriqc", 0.6 + 0.1 * a), ("spectral", 0.9 - 0.1 * a)]):
+                rows.append({
+                    "segmenter": "unet", "attack": attack, "rate": rate, "defense": defense, "seeds": 3,
+                    "auroc": None if rate == 0 else auroc, "damage": 0.1 * (a + 1) if rate else 0.0,
+                    "dice_without": 0.8 - 0.1 * (a + 1), "dice_clean": 0.8,
+                })
+    return pd.DataFrame(rows)
+
+
+def test_one_row_per_setting_and_poisoned_rate_with_the_best_defense():
+    rows = frontier_rows(_defenses(["gan-synthetic", "gan-synthetic(stealth=true)"]))
+    assert list(rows.columns) == FRONTIER_COLUMNS
+    assert len(rows) == 2 and (rows["rate"] == 0.5).all()
+    by_attack = rows.set_index("attack")
+    assert by_attack.loc["gan-synthetic", "best_defense"] == "spectral"
+    assert by_attack.loc["gan-synthetic", "best_auroc"] == pytest.approx(0.9)
+    assert by_attack.loc["gan-synthetic(stealth=true)", "best_auroc"] == pytest.approx(0.8)
+    assert by_attack.loc["gan-synthetic(stealth=true)", "damage"] == pytest.approx(0.2)
+
+
+def test_the_figure_needs_two_settings(tmp_path):
+    assert draw_frontier(_defenses(["gan-synthetic"]), tmp_path) is None
+    assert not (tmp_path / "frontier.png").exists()
+    path = draw_frontier(_defenses(["gan-synthetic", "gan-synthetic(source=[t1, t2, flair])"]), tmp_path)
+    assert path == tmp_path / "frontier.png" and path.stat().st_size > 10_000
+
+
+def test_no_defense_scores_no_rows():
+    table = _defenses(["blur", "noise"])
+    table["auroc"] = None
+    assert frontier_rows(table).empty
+    assert frontier_rows(pd.DataFrame()).empty
