@@ -94,3 +94,16 @@ def test_the_resident_choice_follows_free_memory():
 def test_an_unknown_residency_is_refused(mapped_set):
     with pytest.raises(ValueError, match="residency must be auto, resident or streamed; got 'disk'"):
         _train(*mapped_set, "disk")
+
+
+def test_gpu_throughput_refuses_to_run_without_cuda():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_throughput.py"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, whatever the machine has
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert "error: no CUDA device" in done.stderr and done.stdout == ""
