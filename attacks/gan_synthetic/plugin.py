@@ -18,6 +18,12 @@ trained on whole slices for many more epochs. On held-out pool cases the attack 
 MAE, PSNR and SSIM over the brain and the enhancing-rim contrast of synthetic and real
 target (`image_quality`, `rim_contrast`), so a reader sees whether the generator
 reproduces enhancement.
+
+``stealth`` makes the attack adaptive: the generator's objective gains
+`benchmark.StealthLoss`, which pulls the synthetic target's image-quality measures
+(``mriqc``), radial power spectrum (``spectral``) and fixed-encoder feature statistics
+(``feature-outlier``) toward those of the real target slices of the pool's training
+cases — never the trusted or validation cases, which the attack does not receive.
 """
 
 from __future__ import annotations
@@ -117,6 +123,17 @@ class GanParams(PluginParams):
     recon_fraction: float = Field(0.5, gt=0, le=1, description="share of each batch the reconstruction term is computed on (1: the whole batch)")
     identity_fraction: float = Field(0.5, gt=0, le=1, description="share of each batch the identity term is computed on (1: the whole batch)")
     path_fraction: float = Field(0.25, gt=0, le=1, description="share of each batch the shortest-path term is computed on (1: the whole batch)")
+    stealth: bool = Field(
+        False,
+        description="adaptive attack: add the stealth loss (benchmark.StealthLoss) to the generator's objective, so the "
+        "synthetic target shows the real pool targets' mriqc measures, radial power spectrum and fixed-encoder feature "
+        "statistics; the reference is the pool's training cases only",
+    )
+    lambda_stealth: float = Field(
+        1.0, ge=0,
+        description="weight of the stealth loss (used with stealth; each of its three parts is about 1 when the fake "
+        "batch is one typical slice-to-slice spread off the reference on every statistic)",
+    )
     input_clip: float = Field(5.0, gt=0, description="source intensities (z-scores) are clipped to [-clip, clip] before translation")
     holdout_cases: int = Field(
         2, ge=0, le=100, description="pool cases held out of GAN training to measure MAE / PSNR / SSIM and rim contrast"
@@ -201,6 +218,9 @@ class GanSyntheticAttack(IntensityAttack):
         params = self.params.model_dump(mode="json")
         params.pop("mode")  # replace and add share one generator
         params.pop("preset")  # the values it resolved to are in params: equal values, one generator
+        if not params["stealth"]:  # without stealth, generators trained before the option existed stay cached
+            params.pop("stealth")
+            params.pop("lambda_stealth")
         payload = {
             "version": GAN_VERSION,
             "dataset": self.context.dataset_fingerprint,
@@ -227,7 +247,7 @@ class GanSyntheticAttack(IntensityAttack):
             lambda_latent=p.lambda_latent, lambda_path=p.lambda_path, lambda_paired=p.lambda_paired, paired=p.paired, crop=p.crop,
             source_channels=len(p.sources), recon_fraction=p.recon_fraction, identity_fraction=p.identity_fraction,
             path_fraction=p.path_fraction, enhancement_weight=p.enhancement_weight,
-            enhancement_threshold=p.enhancement_threshold,
+            enhancement_threshold=p.enhancement_threshold, stealth=p.stealth, lambda_stealth=p.lambda_stealth,
         )
 
     def fit(self, pool: SliceSet, rng: np.random.Generator) -> None:

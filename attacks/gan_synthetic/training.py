@@ -8,13 +8,19 @@ One step: a generator update on
   + λ_lat · mean(μ²)                      latent penalty (μ: encoder output, noise std 1 added)
   + λ_path · path(d1, d2)                 shortest-path term over the decoder's layers
   + λ_pair · w(b) |G(a, 1) − b|           paired L1 (source and target of the same slice)
+  + λ_stealth · stealth(G(a, 1))          with ``stealth``: the defenses' statistics of the
+                                          fake batch against the pool's real targets
 
 with ``w(b) = 1 + enhancement_weight · max(0, b − enhancement_threshold)`` (1 by default):
 the enhancement-weighted L1 of virtual contrast enhancement (Pasumarthi et al., "A generic
 deep learning model for reduced gadolinium dose in contrast-enhanced brain MRI",
 Radiology 2021), which keeps the few enhancing voxels from being averaged away; then a
 least-squares discriminator update on real target slices vs the translated source
-slices of that step.
+slices of that step. The stealth term (`benchmark.StealthLoss`, off by default) is
+measured on the fake batch zeroed outside the real slices' head, against reference
+statistics that `GanTrainer.fit` computes once from the ``target`` slices it is given
+(the attacker's own pool; with ``crop``, one random window of each); with it off, no
+reference is built and training is unchanged.
 
 Every term stays in the objective. Three of them cost whole extra decoder passes and
 are estimated on a sub-batch, as StyleGAN2 estimates its path-length regulariser on a
@@ -50,6 +56,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from benchmark import StealthLoss
+
 from .losses import lsgan_loss, sample_path_codes, shortest_path_loss
 from .networks import DomainGenerator, PatchDiscriminator
 
@@ -62,7 +70,8 @@ class GanConfig:
 
     ``recon_fraction``, ``identity_fraction`` and ``path_fraction`` are the shares of a
     batch that the reconstruction, identity and shortest-path terms are computed on (see
-    the module docstring); 1.0 computes them on the whole batch.
+    the module docstring); 1.0 computes them on the whole batch. ``stealth`` adds
+    ``lambda_stealth`` times the `benchmark.StealthLoss` of the fake batch.
     """
 
     epochs: int = 3
@@ -87,6 +96,8 @@ class GanConfig:
     path_fraction: float = 0.25
     enhancement_weight: float = 0.0
     enhancement_threshold: float = 2.0
+    stealth: bool = False
+    lambda_stealth: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("recon_fraction", "identity_fraction", "path_fraction"):
@@ -142,6 +153,8 @@ class GanTrainer:
         self.amp = _amp_dtype(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        #: the defenses' statistics of the pool's real targets; built by `fit` when ``stealth``
+        self.stealth: StealthLoss | None = None
 
     def generator_loss(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The generator objective on source ``a`` ``[B, k, H, W]`` and target ``b`` ``[B, 1, H, W]`` batches.
@@ -184,6 +197,9 @@ class GanTrainer:
                 error = error * (1 + c.enhancement_weight * (b - c.enhancement_threshold).clamp(min=0))
             terms["paired"] = error.mean()
             total = total + c.lambda_paired * terms["paired"]
+        if self.stealth is not None and c.lambda_stealth > 0:
+            terms["stealth"] = self.stealth(fake, b != 0)  # the attack's output is zero outside the real head
+            total = total + c.lambda_stealth * terms["stealth"]
         return total, {**terms, "fake": fake.detach()}
 
     def step(self, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -222,6 +238,8 @@ class GanTrainer:
         a_all = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32)).to(self.device)
         b_all = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(self.device)
         n = len(a_all)
+        if c.stealth:
+            self.stealth = StealthLoss(self._stealth_reference(target)).to(self.device)
         history = GanHistory()
         epochs: Iterable[int] = range(c.epochs)
         if track is not None:
@@ -256,6 +274,20 @@ class GanTrainer:
         history.seconds = time.perf_counter() - clock
         self.generator.eval()
         return history
+
+    def _stealth_reference(self, target: np.ndarray) -> np.ndarray:
+        """The real target slices ``[N, 1, h, w]`` the stealth statistics are taken from.
+
+        Whole slices, or with ``crop`` one random window of each (drawn from its own
+        generator, so the training draws stay as they are), since the loss sees crops.
+        """
+        crop = self.config.crop
+        h, w = target.shape[-2:]
+        if not 0 < crop < min(h, w):
+            return target
+        rng = np.random.default_rng(self.seed)
+        tops, lefts = rng.integers(0, h - crop + 1, len(target)), rng.integers(0, w - crop + 1, len(target))
+        return np.stack([t[:, y : y + crop, x : x + crop] for t, y, x in zip(target, tops, lefts)])
 
 
 @torch.no_grad()
