@@ -245,9 +245,9 @@ def export_poisoned(
     params = next((spec.params for spec, _ in config.attacks if spec.name == attack_name), {})
     create_plugin(ATTACKS, attack_name, params, "--attack")  # a bad name or parameter fails before loading
     source = create_plugin(DATASETS, config.dataset.name, config.dataset.params, "dataset")
-    root = config.dataset.params.get("root")
-    if root and _inside(out, Path(root)):
-        raise BenchError(f"{out}: inside the data set folder {root}; nothing is ever written there. Choose another --out.")
+    for folder in source.protected_folders():
+        if _inside(out, Path(folder)):
+            raise BenchError(f"{out}: inside the data set folder {folder}; nothing is ever written there. Choose another --out.")
     fingerprint = source.fingerprint()
     device = resolve_device(config.device)
     source.bind(RunContext(quiet=quiet, progress=progress))
