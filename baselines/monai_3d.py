@@ -121,13 +121,9 @@ class MonaiVolumeSegmenter(Segmenter):
         optimizer = torch.optim.Adam(self.net.parameters(), lr=p.lr)
         scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
-        # volumes smaller than a patch are zero-padded (at the end of each axis) to hold one
+        # patches are read from the arrays as given (possibly memory-mapped), so the volumes are never copied
+        # whole; along an axis shorter than a patch, the patch is zero-padded at the end
         shape = tuple(max(size, patch) for size, patch in zip(images.shape[2:], p.patch_size))
-        x_all = torch.zeros((len(images), images.shape[1], *shape), dtype=torch.float32)
-        y_all = torch.zeros((len(images), 1, *shape), dtype=torch.uint8)
-        depth, rows, cols = images.shape[2:]
-        x_all[:, :, :depth, :rows, :cols] = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        y_all[:, 0, :depth, :rows, :cols] = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8))
         foreground = [np.argwhere(np.asarray(m) > 0) for m in masks]
 
         rng = np.random.default_rng(self.context.seed)
@@ -140,8 +136,9 @@ class MonaiVolumeSegmenter(Segmenter):
             for step in range(steps):
                 chosen = order[step * p.batch_size : (step + 1) * p.batch_size]
                 corners = [_patch_corner(shape, p.patch_size, foreground[v], p.foreground_fraction, rng) for v in chosen]
-                x = torch.stack([_crop(x_all[v], c, p.patch_size) for v, c in zip(chosen, corners)]).to(device)
-                y = torch.stack([_crop(y_all[v], c, p.patch_size) for v, c in zip(chosen, corners)]).to(device).float()
+                x = torch.from_numpy(np.stack([_crop(images[v], c, p.patch_size, np.float32) for v, c in zip(chosen, corners)]))
+                y = torch.from_numpy(np.stack([_crop(masks[v][None], c, p.patch_size, np.float32) for v, c in zip(chosen, corners)]))
+                x, y = x.to(device), y.to(device)
                 if p.flip_augment:
                     flip = torch.from_numpy(rng.random(len(chosen)) < 0.5).to(device).view(-1, 1, 1, 1, 1)
                     x = torch.where(flip, x.flip(-1), x)
@@ -221,10 +218,16 @@ def _patch_corner(
     return tuple(int(rng.integers(0, s - p + 1)) for p, s in zip(patch, shape))
 
 
-def _crop(volume: torch.Tensor, corner: tuple[int, ...], patch: tuple[int, ...]) -> torch.Tensor:
-    """``volume[:, corner : corner + patch]`` over the three spatial axes of ``[C, S, H, W]``."""
+def _crop(volume: np.ndarray, corner: tuple[int, ...], patch: tuple[int, ...], dtype: type) -> np.ndarray:
+    """``volume[:, corner : corner + patch]`` over the three spatial axes of ``[C, S, H, W]``, as ``dtype``,
+    zero beyond the volume's end."""
     (s, h, w), (ps, ph, pw) = corner, patch
-    return volume[:, s : s + ps, h : h + ph, w : w + pw]
+    region = np.asarray(volume[:, s : s + ps, h : h + ph, w : w + pw], dtype=dtype)
+    if region.shape[1:] == patch:
+        return region
+    out = np.zeros((len(volume), *patch), dtype=dtype)
+    out[:, : region.shape[1], : region.shape[2], : region.shape[3]] = region
+    return out
 
 
 @register_segmenter("unet3d")
