@@ -110,6 +110,7 @@ def _worker_runner(spec: WorkerSpec):
             data, split, spec.device, plan.fingerprint, Path(spec.cache_dir), True, None,
             Path(spec.predictions_dir) if spec.predictions_dir else None,
             Path(spec.figures_dir) if spec.figures_dir else None,
+            Path(spec.out_dir) / "artifacts" if spec.out_dir else None,
         )
         _WORKER_STATE.update(ident=ident, runner=runner, cells={cell.key: cell for cell in plan.cells})
     return _WORKER_STATE["runner"], _WORKER_STATE["cells"]

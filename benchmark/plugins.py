@@ -66,6 +66,9 @@ class RunContext:
         quiet: no progress output wanted.
         progress: wraps an iterable to show progress; identity when quiet.
         deterministic: prefer reproducibility to speed.
+        artifacts_dir: folder for the cell's own files kept beside its results
+            (``<out>/artifacts/<cell key>``, e.g. a failed training's logs); create it when
+            writing there. None when the cell has none.
     """
 
     device: str = "cpu"
@@ -77,6 +80,7 @@ class RunContext:
     quiet: bool = True
     progress: Callable[..., Iterable[Any]] | None = None
     deterministic: bool = True
+    artifacts_dir: Path | None = None
 
     def track(self, iterable: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
         if self.progress is None or self.quiet:
@@ -487,6 +491,10 @@ class Segmenter(Plugin):
     #: The task dims (``task.dims``) the segmenter works in; a config pairing it with
     #: another fails validation.
     dims: ClassVar[tuple[int, ...]] = (2,)
+    #: Whether the segmenter trains and predicts on whole cases with their ids and geometry
+    #: (`fit_cases`, `predict_cases`, e.g. to write them as volumes): the harness then hands
+    #: it `SliceSet`s instead of arrays.
+    needs_cases: ClassVar[bool] = False
 
     def fit(self, images: np.ndarray, masks: np.ndarray) -> None:
         """Train.
@@ -500,4 +508,20 @@ class Segmenter(Plugin):
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Segment ``images`` (float32 ``[N, C, H, W]`` or ``[V, C, S, H, W]``) into uint8
         masks ``[N, H, W]`` or ``[V, S, H, W]``."""
+        raise NotImplementedError
+
+    def fit_cases(self, train: SliceSet, masks: np.ndarray) -> None:
+        """Train on whole cases; called instead of `fit` when `needs_cases`.
+
+        Args:
+            train: the kept training cases: images float32 ``[N, C, H, W]`` of the task's
+                input channels, case ids and geometry; labels all 0 and no poison flags
+                (the target is ``masks``).
+            masks: uint8 ``[N, H, W]``, 1 inside the target region.
+        """
+        raise NotImplementedError
+
+    def predict_cases(self, data: SliceSet) -> np.ndarray:
+        """Segment whole cases (``data`` as in `fit_cases`, labels all 0) into uint8 masks
+        ``[N, H, W]`` in its row order; called instead of `predict` when `needs_cases`."""
         raise NotImplementedError

@@ -155,6 +155,7 @@ class CellRunner:
         progress: progress wrapper for epochs and other long loops.
         predictions_dir: where to write predicted masks as NIfTI, or None.
         figures_dir: where to draw example poisoned cases once per attack, or None.
+        artifacts_dir: where each cell may keep files beside the results (``<key>/``), or None.
     """
 
     data: SliceSet
@@ -166,6 +167,7 @@ class CellRunner:
     progress: Callable[..., Iterable[Any]] | None = None
     predictions_dir: Path | None = None
     figures_dir: Path | None = None
+    artifacts_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.val = self.data.subset(self.split.val)
@@ -183,6 +185,7 @@ class CellRunner:
             target=cell.task.target,
             quiet=self.quiet,
             progress=self.progress,
+            artifacts_dir=self.artifacts_dir / cell.key if self.artifacts_dir is not None else None,
         )
 
     def run(self, cell: Cell) -> CellRecord:
@@ -241,14 +244,19 @@ class CellRunner:
         segmenter.bind(replace(context, seed=streams.integer("batches")))
         masks = map_rows(kept.labels, np.arange(len(kept)), lambda rows: region_mask(rows, cell.task.target), kept.shape, np.uint8)
         images = kept.select_channels(cell.task.inputs)
-        if cell.task.dims == 3:
-            images, masks = (case_volumes(array, kept.case_ids, kept.geometry)[0] for array in (images, masks))
-        segmenter.fit(images, masks)
+        if segmenter.needs_cases:  # whole cases with their geometry: the segmenter builds its own volumes
+            segmenter.fit_cases(_segmenter_view(kept, images, cell.task.inputs), masks)
+        else:
+            if cell.task.dims == 3:
+                images, masks = (case_volumes(array, kept.case_ids, kept.geometry)[0] for array in (images, masks))
+            segmenter.fit(images, masks)
         timings["fit_s"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         images = self.val.select_channels(cell.task.inputs)
-        if cell.task.dims == 3:
+        if segmenter.needs_cases:
+            pred = _checked_masks(segmenter.predict_cases(_segmenter_view(self.val, images, cell.task.inputs)), images, cell.segmenter.name)
+        elif cell.task.dims == 3:
             # one volume per validation case, its predictions put back on its slices: the same voxels as in 2-D
             volumes, rows = case_volumes(images, self.val.case_ids, self.val.geometry)
             pred = volume_slices(_checked_masks(segmenter.predict(volumes), volumes, cell.segmenter.name), rows)
@@ -312,6 +320,15 @@ class CellRunner:
             )
         kept = train.subset([case for case in train.cases if case not in set(removed)])
         return kept, stats
+
+
+def _segmenter_view(data: SliceSet, images: np.ndarray, inputs: list[str]) -> SliceSet:
+    """What a `Segmenter.needs_cases` segmenter sees of ``data``: the input channels ``images``, case ids
+    and geometry; labels all 0 (a validation case's truth is not its to read) and no poison flags."""
+    return data.with_arrays(
+        images=images, channels=tuple(inputs), labels=np.zeros((len(data), *data.shape), np.uint8),
+        poisoned=np.zeros(len(data), bool),
+    )
 
 
 def _checked_masks(pred: Any, images: np.ndarray, segmenter: str) -> np.ndarray:

@@ -34,9 +34,11 @@ EXPORTS: dict[str, str] = {
     "NO_ATTACK": ".identity", "NO_DEFENSE": ".identity", "NoAttack": ".identity", "NoDefense": ".identity",
     # the data contract
     "SliceSet": ".sliceset",
-    **dict.fromkeys(["SliceGeometry", "CaseGrid"], ".geometry"),
+    **dict.fromkeys(["SliceGeometry", "CaseGrid", "stack_slices"], ".geometry"),
     **dict.fromkeys(["CaseNormalisation", "Normalisation", "ZSCORE", "IDENTITY", "renormalise_like"], ".normalisation"),
     **dict.fromkeys(["REGIONS", "region_mask", "to_common_labels"], ".regions"),
+    # the exporter's NIfTI writing (a segmenter that trains on files: nnU-Net)
+    **dict.fromkeys(["case_volume", "nnunet_channel_name", "write_nifti"], ".datasets.export"),
     # image quality of synthetic images (the generative attacks' report)
     **dict.fromkeys(["NORMAL_BRAIN_MARGIN", "image_quality", "rim_contrast"], ".synthesis_quality"),
     "SEED_STREAMS": ".seeding", "SeedStreams": ".seeding",

@@ -152,7 +152,10 @@ def run_sweep(
                 check_task_channels(config, data.channels)
                 if config.executor.name == "local":
                     split = split_cases(data, config.split.val_fraction, config.split.seed, config.split.trusted)
-                    runner = CellRunner(data, split, device, plan.fingerprint, cache_root(), quiet, track, predictions, out_dir / "figures")
+                    runner = CellRunner(
+                        data, split, device, plan.fingerprint, cache_root(), quiet, track, predictions, out_dir / "figures",
+                        out_dir / "artifacts",
+                    )
                 for record in track(executor.run(todo), "cells", total=len(todo)):
                     store.write(record)
                     ran.append(record.key)
