@@ -175,7 +175,7 @@ def test_brain_is_mriqc_s_eroded_head():
 def test_a_batch_without_head_adds_nothing(loss):
     x = torch.randn(4, 1, SIZE, SIZE, requires_grad=True)
     value = loss(x, torch.zeros_like(x))
-    assert float(value) == 0.0
+    assert float(value.detach()) == 0.0
     value.backward()
     assert x.grad is not None and float(x.grad.abs().sum()) == 0.0
 
@@ -185,3 +185,11 @@ def test_bad_reference_is_refused():
         StealthLoss(np.zeros((4, 2, SIZE, SIZE), np.float32))
     with pytest.raises(ValueError, match="at least 2 reference slices"):
         StealthLoss(np.zeros((4, SIZE, SIZE), np.float32))
+
+
+def test_a_large_reference_is_measured_on_evenly_spaced_slices(reference):
+    """``max_slices`` keeps every k-th slice: the same statistics as measuring those slices alone."""
+    doubled = np.concatenate([reference, reference])  # 96 slices, every other one kept of 48 picked
+    sampled = StealthLoss(doubled, max_slices=48)
+    x, head = _batch(_slices(8, seed=11))
+    assert float(sampled(x, head)) == pytest.approx(float(StealthLoss(doubled[np.linspace(0, 95, 48).round().astype(int)])(x, head)), rel=1e-6)

@@ -239,7 +239,7 @@ class GanTrainer:
         b_all = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(self.device)
         n = len(a_all)
         if c.stealth:
-            self.stealth = StealthLoss(self._stealth_reference(target)).to(self.device)
+            self.stealth = StealthLoss(self._stealth_reference(target), device=self.device)
         history = GanHistory()
         epochs: Iterable[int] = range(c.epochs)
         if track is not None:
