@@ -8,13 +8,14 @@ from .plugin import DIFFUSION_PRESETS, DiffusionParams, DiffusionSyntheticAttack
 
 #: names of the torch modules, imported on first use so that the parameters load without torch
 _LAZY = dict.fromkeys(
-    ["DATA_SCALE", "DiffusionConfig", "DiffusionHistory", "DiffusionTrainer", "build_unet", "ddim_translate", "norm_groups"],
+    ["DATA_SCALE", "STEALTH_MIN_ALPHA", "DiffusionConfig", "DiffusionHistory", "DiffusionTrainer", "build_unet", "ddim_translate", "norm_groups"],
     ".training",
 )
 
 __all__ = [
     "DATA_SCALE",
     "DIFFUSION_PRESETS",
+    "STEALTH_MIN_ALPHA",
     "DiffusionConfig",
     "DiffusionHistory",
     "DiffusionParams",

@@ -14,6 +14,13 @@ As in ``gan-synthetic``, the sample is normalised as the data set normalised the
 target (its mask and rule, carried by the `SliceSet`; the real case's background stays
 0), the trained model is a cached artifact, and the attack reports MAE, PSNR, SSIM and
 the enhancing-rim contrast of synthetic and real target on held-out pool cases.
+
+``stealth`` makes the attack adaptive, as in ``gan-synthetic``: the training objective
+gains `benchmark.StealthLoss` of the model's denoised estimate, which pulls the
+synthetic target's image-quality measures (``mriqc``), radial power spectrum
+(``spectral``) and fixed-encoder feature statistics (``feature-outlier``) toward those of
+the real target slices of the pool's training cases — never the trusted or validation
+cases, which the attack does not receive.
 """
 
 from __future__ import annotations
@@ -89,6 +96,17 @@ class DiffusionParams(PluginParams):
         _FAST["crop"], ge=0, le=1024,
         description="train on random square crops of this size, a multiple of 2^(levels - 1) (0: whole slices); "
         "the model samples whole slices (preset)",
+    )
+    stealth: bool = Field(
+        False,
+        description="adaptive attack: add the stealth loss (benchmark.StealthLoss) of the denoised estimate x0_hat to the "
+        "training objective, so the synthetic target shows the real pool targets' mriqc measures, radial power spectrum "
+        "and fixed-encoder feature statistics; the reference is the pool's training cases only",
+    )
+    lambda_stealth: float = Field(
+        1.0, ge=0,
+        description="weight of the stealth loss (used with stealth; each of its three parts is about 1 when the "
+        "estimate is one typical slice-to-slice spread off the reference on every statistic)",
     )
     input_clip: float = Field(5.0, gt=0, description="source and target intensities (z-scores) are clipped to [-clip, clip]")
     holdout_cases: int = Field(
@@ -184,6 +202,8 @@ class DiffusionSyntheticAttack(IntensityAttack):
         params = self.params.model_dump(mode="json")
         params.pop("mode")  # replace and add share one model
         params.pop("preset")  # the values it resolved to are in params: equal values, one model
+        if not params["stealth"]:  # without stealth its weight changes nothing
+            params.pop("lambda_stealth")
         payload = {
             "version": DIFFUSION_VERSION,
             "dataset": self.context.dataset_fingerprint,
@@ -207,7 +227,7 @@ class DiffusionSyntheticAttack(IntensityAttack):
         return DiffusionConfig(
             epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, channels=tuple(p.channels), res_blocks=p.res_blocks,
             train_timesteps=p.train_timesteps, ddim_steps=p.ddim_steps, crop=p.crop, source_channels=len(p.sources),
-            clip=p.input_clip,
+            clip=p.input_clip, stealth=p.stealth, lambda_stealth=p.lambda_stealth,
         )
 
     def fit(self, pool: SliceSet, rng: np.random.Generator) -> None:
@@ -245,6 +265,7 @@ class DiffusionSyntheticAttack(IntensityAttack):
             torch.save(trainer.unet.cpu().state_dict(), tmp / UNET_FILE)
             return {
                 "losses": history.losses,
+                "stealth_losses": history.stealth_losses,
                 "images_per_s": history.images_per_s,
                 "train_s": history.seconds,
                 "training_cases": len(training.cases),

@@ -11,6 +11,18 @@ target slices ``x0`` ``[B, 1, H, W]`` and their sources ``s`` ``[B, k, H, W]``:
     loss = mean((UNet([x_t, s], t) − ε)²)
 
 with ``T`` = ``train_timesteps`` and MONAI's linear β schedule (1e-4 to 0.02, Ho et al.).
+With ``stealth`` (off by default) the objective gains ``lambda_stealth`` times
+`benchmark.StealthLoss` of the denoised estimate
+
+    x0_hat = (x_t − sqrt(1 − ᾱ_t) · ε̂) / sqrt(ᾱ_t),
+
+clipped as the sampler clips it and zeroed outside the real slices' head, against
+reference statistics that `DiffusionTrainer.fit` takes once from the ``target`` slices it
+is given (the attacker's own pool; with ``crop``, one random window of each). The term is
+taken over the rows of the batch with ``ᾱ_t ≥ STEALTH_MIN_ALPHA``: there ``x0_hat`` is an
+image (the noise-prediction error enters it at most once, where at ``t`` near ``T`` it is
+amplified a hundredfold), and those are the last steps of sampling, which set the
+statistics of the output.
 Sampling (`ddim_translate`) starts from seeded noise and runs ``ddim_steps`` deterministic
 DDIM steps (η = 0; Song, Meng, Ermon, "Denoising Diffusion Implicit Models", ICLR 2021),
 the estimate of ``x0`` clipped at each step to the range the target was trained in.
@@ -35,11 +47,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DATA_SCALE", "DiffusionConfig", "DiffusionHistory", "DiffusionTrainer", "build_unet", "ddim_translate", "norm_groups"]
+from benchmark import StealthLoss
+
+__all__ = ["DATA_SCALE", "STEALTH_MIN_ALPHA", "DiffusionConfig", "DiffusionHistory", "DiffusionTrainer", "build_unet", "ddim_translate", "norm_groups"]
 
 #: The z-scored intensities are divided by this before they enter the network: a brain of
 #: spread 1 becomes one of spread 0.5, as images scaled to [-1, 1] (Ho et al. 2020).
 DATA_SCALE = 2.0
+#: The stealth term is taken on the denoised estimates of the rows whose ``ᾱ_t`` is at least this.
+STEALTH_MIN_ALPHA = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,7 +63,8 @@ class DiffusionConfig:
     """Hyper-parameters of `DiffusionTrainer` and `ddim_translate` (the plugin fills them from its parameters).
 
     ``clip`` is the range ``±clip`` (z-scores) of the sources and the target, and of the
-    sampled target's estimate at every DDIM step.
+    sampled target's estimate at every DDIM step. ``stealth`` adds ``lambda_stealth``
+    times the `benchmark.StealthLoss` of the denoised estimate (module docstring).
     """
 
     epochs: int = 8
@@ -60,7 +77,8 @@ class DiffusionConfig:
     crop: int = 32
     source_channels: int = 1
     clip: float = 5.0
-    stealth_weight: float = 0.0
+    stealth: bool = False
+    lambda_stealth: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.ddim_steps <= self.train_timesteps:
@@ -77,7 +95,7 @@ class DiffusionConfig:
 
 @dataclass
 class DiffusionHistory:
-    """Mean noise-prediction loss per epoch (and of the ``stealth`` term, when there is one), and the throughput."""
+    """Mean noise-prediction loss per epoch (and of the ``stealth`` term over the steps that had it), and the throughput."""
 
     losses: list[float] = field(default_factory=list)
     stealth_losses: list[float] = field(default_factory=list)
@@ -138,19 +156,14 @@ class DiffusionTrainer:
         config: hyper-parameters.
         device: ``cpu`` or ``cuda``.
         seed: seeds weights, batches, crops, timesteps and noise.
-        stealth: an extra loss on the denoised estimate, ``stealth(x0_hat) -> scalar`` with
-            ``x0_hat`` ``[B, 1, H, W]`` in z-score units, weighted by ``config.stealth_weight``;
-            None: none. Defaults to None.
     """
 
-    def __init__(
-        self, config: DiffusionConfig, device: str = "cpu", seed: int = 0,
-        stealth: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ):
+    def __init__(self, config: DiffusionConfig, device: str = "cpu", seed: int = 0):
         self.config = config
         self.device = torch.device(device)
         self.seed = seed
-        self.stealth = stealth
+        #: the defenses' statistics of the pool's real targets; built by `fit` when ``stealth``
+        self.stealth: StealthLoss | None = None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.unet = build_unet(config).to(self.device)
@@ -176,12 +189,15 @@ class DiffusionTrainer:
         eps = self.unet(torch.cat([xt, cond], dim=1), t)
         terms = {"noise": F.mse_loss(eps, noise)}
         total = terms["noise"]
-        if self.stealth is not None:
+        if self.stealth is not None and c.lambda_stealth > 0:
             alpha = self._alphas[t].view(-1, 1, 1, 1)
-            x0_hat = (xt - (1 - alpha).sqrt() * eps) / alpha.sqrt()
-            # in z-score units, where the stealth statistics of real targets were taken
-            terms["stealth"] = self.stealth(x0_hat * DATA_SCALE)
-            total = total + c.stealth_weight * terms["stealth"]
+            late = alpha.flatten() >= STEALTH_MIN_ALPHA
+            if bool(late.any()):
+                bound = c.clip / DATA_SCALE
+                x0_hat = ((xt - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-bound, bound)
+                # in z-score units and zero outside the real head, as the attack's output is
+                terms["stealth"] = self.stealth(x0_hat[late] * DATA_SCALE, target[late] != 0)
+                total = total + c.lambda_stealth * terms["stealth"]
         return total, terms
 
     def fit(self, source: np.ndarray, target: np.ndarray, track: Callable[..., Iterable[Any]] | None = None) -> DiffusionHistory:
@@ -201,6 +217,8 @@ class DiffusionTrainer:
         a_all = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32)).to(self.device)
         b_all = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).clamp(-clip, clip).to(self.device)
         n = len(a_all)
+        if c.stealth:
+            self.stealth = StealthLoss(self._stealth_reference(b_all.cpu().numpy())).to(self.device)
         steps_per_epoch = math.ceil(n / c.batch_size)
         # cosine decay of the learning rate to zero: the short budget ends on small steps
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, c.epochs * steps_per_epoch))
@@ -214,7 +232,7 @@ class DiffusionTrainer:
             order = torch.randperm(n, generator=self.rng, device=self.device)
             total = torch.zeros((), device=self.device)
             stealth = torch.zeros((), device=self.device)
-            steps = 0
+            steps = stealth_steps = 0
             for start in range(0, n, c.batch_size):
                 rows = order[start : start + c.batch_size]
                 a, b = a_all[rows], b_all[rows]
@@ -231,16 +249,31 @@ class DiffusionTrainer:
                 total += terms["noise"].detach()
                 if "stealth" in terms:
                     stealth += terms["stealth"].detach()
+                    stealth_steps += 1
                 steps += 1
                 history.images += len(rows)
             history.losses.append(float(total) / max(steps, 1))
-            if self.stealth is not None:
-                history.stealth_losses.append(float(stealth) / max(steps, 1))
+            if c.stealth:
+                history.stealth_losses.append(float(stealth) / max(stealth_steps, 1))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         history.seconds = time.perf_counter() - clock
         self.unet.eval()
         return history
+
+    def _stealth_reference(self, target: np.ndarray) -> np.ndarray:
+        """The real target slices ``[N, 1, h, w]`` the stealth statistics are taken from.
+
+        Whole slices, or with ``crop`` one random window of each (drawn from its own
+        generator, so the training draws stay as they are), since the loss sees crops.
+        """
+        crop = self.config.crop
+        h, w = target.shape[-2:]
+        if not 0 < crop < min(h, w):
+            return target
+        rng = np.random.default_rng(self.seed)
+        tops, lefts = rng.integers(0, h - crop + 1, len(target)), rng.integers(0, w - crop + 1, len(target))
+        return np.stack([t[:, y : y + crop, x : x + crop] for t, y, x in zip(target, tops, lefts)])
 
 
 @torch.no_grad()

@@ -297,3 +297,86 @@ def test_a_case_is_sampled_once_per_model(fitted):
     reseeded = _attack(attack.context.cache_dir, seed=2)  # another model samples afresh
     reseeded.fit(toy, np.random.default_rng(0))
     assert DiffusionSyntheticAttack.samplings > before
+
+
+# -------------------------------------------------------------------------- stealth
+def test_stealth_is_taken_on_the_denoised_estimate_of_late_rows():
+    from attacks.diffusion_synthetic import DATA_SCALE, STEALTH_MIN_ALPHA
+
+    config = DiffusionConfig(channels=(4, 8), train_timesteps=1000, stealth=True, lambda_stealth=2.0)
+    trainer = DiffusionTrainer(config, "cpu", 0)
+    trainer.unet = _random_unet(config)
+    seen = {}
+
+    def record(x0_hat, head):
+        seen.update(x0_hat=x0_hat.detach().clone(), head=head)
+        return x0_hat.pow(2).mean()
+
+    trainer.stealth = record
+    data = toy_sliceset(cases=2, slices=8, size=16)
+    source = torch.from_numpy(data.images[:, 4:5])
+    target = torch.from_numpy(data.images[:, 1:2])
+    state = trainer.rng.get_state()
+    total, terms = trainer.loss(source, target)
+    # the same draws again: the estimate the loss must have been given
+    rng = torch.Generator().set_state(state)
+    noise = torch.randn(target.shape, generator=rng)
+    t = torch.randint(0, config.train_timesteps, (len(target),), generator=rng)
+    alpha = trainer.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    xt = trainer.scheduler.add_noise(target / DATA_SCALE, noise, t)
+    with torch.no_grad():
+        eps = trainer.unet(torch.cat([xt, source / DATA_SCALE], dim=1), t)
+    late = alpha.flatten() >= STEALTH_MIN_ALPHA
+    assert 0 < int(late.sum()) < len(target)  # the draw has rows on both sides
+    bound = config.clip / DATA_SCALE
+    expected = ((xt - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-bound, bound)[late] * DATA_SCALE
+    torch.testing.assert_close(seen["x0_hat"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen["head"], target[late] != 0)
+    torch.testing.assert_close(total, terms["noise"] + 2.0 * terms["stealth"])
+    total.backward()
+    assert trainer.unet.out[2].conv.weight.grad.abs().sum() > 0
+
+
+def test_stealth_reference_is_the_targets_the_trainer_is_given(monkeypatch):
+    from attacks.diffusion_synthetic import training
+
+    references = []
+    real = training.StealthLoss
+
+    def spy(reference, *args, **kwargs):
+        references.append(np.array(reference))
+        return real(reference, *args, **kwargs)
+
+    monkeypatch.setattr(training, "StealthLoss", spy)
+    data = toy_sliceset(cases=2, slices=4, size=32)
+    config = DiffusionConfig(epochs=1, batch_size=4, channels=(4, 8), crop=16, train_timesteps=20, stealth=True)
+    history = DiffusionTrainer(config, "cpu", 0).fit(data.images[:, 4:5], data.images[:, 1:2])
+    (reference,) = references
+    assert reference.shape == (8, 1, 16, 16)  # one crop of each target slice
+    windows = {data.images[i, 1, y : y + 16, x : x + 16].tobytes() for i in range(8) for y in range(17) for x in range(17)}
+    assert all(slice_[0].tobytes() in windows for slice_ in reference)
+    assert len(history.stealth_losses) == 1 and np.isfinite(history.stealth_losses[0])
+
+
+def test_stealth_off_trains_as_before_and_keeps_the_key(tmp_path, toy):
+    data = toy_sliceset(cases=1, slices=4, size=32)
+    weights = []
+    for config in (TINY_CONFIG, DiffusionConfig(**{**TINY_CONFIG.__dict__, "lambda_stealth": 5.0})):
+        trainer = DiffusionTrainer(config, "cpu", 3)
+        history = trainer.fit(data.images[:, 4:5], data.images[:, 1:2])
+        assert trainer.stealth is None and history.stealth_losses == []
+        weights.append(torch.cat([p.detach().flatten() for p in trainer.unet.parameters()]))
+    assert torch.equal(*weights)
+    base = _attack(tmp_path).cache_key(toy)
+    assert _attack(tmp_path, lambda_stealth=3.0).cache_key(toy) == base
+    on = _attack(tmp_path, stealth=True).cache_key(toy)
+    assert len({base, on, _attack(tmp_path, stealth=True, lambda_stealth=3.0).cache_key(toy)}) == 3
+
+
+def test_a_stealth_attack_fits_and_poisons(tmp_path, toy):
+    attack = _attack(tmp_path, stealth=True, lambda_stealth=0.5)
+    attack.fit(toy, np.random.default_rng(0))
+    report = attack.report()
+    assert np.isfinite([report["mae"], report["psnr"], report["ssim"]]).all()
+    out = attack.poison(toy, 0.5, np.random.default_rng(0))
+    assert len(out.poisoned_cases()) == 3 and np.isfinite(out.images).all()
