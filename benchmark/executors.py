@@ -90,7 +90,7 @@ _WORKER_STATE: dict[str, Any] = {}
 
 def _worker_runner(spec: WorkerSpec):
     """The runner of this worker process, built once per sweep spec."""
-    from .runner import CellRunner, plan_sweep
+    from .runner import CellRunner, example_figure_names, plan_sweep
     from .splitting import split_cases
 
     ident = repr(spec)
@@ -110,7 +110,7 @@ def _worker_runner(spec: WorkerSpec):
             data, split, spec.device, plan.fingerprint, Path(spec.cache_dir), True, None,
             Path(spec.predictions_dir) if spec.predictions_dir else None,
             Path(spec.figures_dir) if spec.figures_dir else None,
-            Path(spec.out_dir) / "artifacts" if spec.out_dir else None,
+            Path(spec.out_dir) / "artifacts" if spec.out_dir else None, example_figure_names(plan.cells),
         )
         _WORKER_STATE.update(ident=ident, runner=runner, cells={cell.key: cell for cell in plan.cells})
     return _WORKER_STATE["runner"], _WORKER_STATE["cells"]

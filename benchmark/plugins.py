@@ -525,3 +525,10 @@ class Segmenter(Plugin):
         """Segment whole cases (``data`` as in `fit_cases`, labels all 0) into uint8 masks
         ``[N, H, W]`` in its row order; called instead of `predict` when `needs_cases`."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the segmenter holds beyond the cell (temporary folders, worker processes).
+
+        The harness calls it once the cell has predicted, and also when the cell fails
+        between creating the segmenter and predicting. Does nothing by default.
+        """

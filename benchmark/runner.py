@@ -24,6 +24,7 @@ from .errors import PluginError
 from .geometry import SliceGeometry, stack_slices
 from .identity import NO_DEFENSE
 from .metrics import METRICS, case_metrics
+from .paths import safe_file_name
 from .plugins import Attack, DatasetSource, Defense, RunContext, Segmenter
 from .regions import region_mask
 from .seeding import SeedStreams
@@ -33,7 +34,7 @@ from .splitting import Split, split_cases
 from .store import FAILED, FINISHED, CellRecord
 
 __all__ = [
-    "CellRunner", "SweepPlan", "apply_attack", "attack_training_split", "case_volumes", "plan_sweep", "run_cell",
+    "CellRunner", "SweepPlan", "apply_attack", "attack_training_split", "case_volumes", "example_figure_names", "plan_sweep", "run_cell",
     "seed_everything", "volume_slices",
 ]
 
@@ -156,6 +157,9 @@ class CellRunner:
         predictions_dir: where to write predicted masks as NIfTI, or None.
         figures_dir: where to draw example poisoned cases once per attack, or None.
         artifacts_dir: where each cell may keep files beside the results (``<key>/``), or None.
+        example_figures: the file name of each attack setting's example figure in
+            ``figures_dir`` (`example_figure_names` of the sweep's cells); a setting not
+            listed draws ``<attack>-examples.png``. Defaults to none.
     """
 
     data: SliceSet
@@ -168,6 +172,7 @@ class CellRunner:
     predictions_dir: Path | None = None
     figures_dir: Path | None = None
     artifacts_dir: Path | None = None
+    example_figures: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.val = self.data.subset(self.split.val)
@@ -226,7 +231,7 @@ class CellRunner:
         }
         record.attack_report["poisoned_share"] = record.attack_report["poisoned_cases"] / max(len(poisoned.cases) + len(self.split.trusted), 1)
         if self.figures_dir is not None and record.attack_report["poisoned_cases"]:
-            self._draw_examples(cell.attack.name, pool, poisoned, attack.source_channels())
+            self._draw_examples(cell, pool, poisoned, attack.source_channels())
         timings["attack_s"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -241,40 +246,44 @@ class CellRunner:
         if cell.task.dims not in segmenter.dims:  # validation refuses such configs; a cell built by hand may not be validated
             supported = " or ".join(f"{d}-D" for d in segmenter.dims)
             raise PluginError(f"segmenter '{cell.segmenter.name}' works in {supported} only; task.dims is {cell.task.dims}.")
-        segmenter.bind(replace(context, seed=streams.integer("batches")))
-        masks = map_rows(kept.labels, np.arange(len(kept)), lambda rows: region_mask(rows, cell.task.target), kept.shape, np.uint8)
-        images = kept.select_channels(cell.task.inputs)
-        if segmenter.needs_cases:  # whole cases with their geometry: the segmenter builds its own volumes
-            segmenter.fit_cases(_segmenter_view(kept, images, cell.task.inputs), masks)
-        else:
-            if cell.task.dims == 3:
-                images, masks = (case_volumes(array, kept.case_ids, kept.geometry)[0] for array in (images, masks))
-            segmenter.fit(images, masks)
-        timings["fit_s"] = time.perf_counter() - clock
+        try:
+            segmenter.bind(replace(context, seed=streams.integer("batches")))
+            masks = map_rows(kept.labels, np.arange(len(kept)), lambda rows: region_mask(rows, cell.task.target), kept.shape, np.uint8)
+            images = kept.select_channels(cell.task.inputs)
+            if segmenter.needs_cases:  # whole cases with their geometry: the segmenter builds its own volumes
+                segmenter.fit_cases(_segmenter_view(kept, images, cell.task.inputs), masks)
+            else:
+                if cell.task.dims == 3:
+                    images, masks = (case_volumes(array, kept.case_ids, kept.geometry)[0] for array in (images, masks))
+                segmenter.fit(images, masks)
+            timings["fit_s"] = time.perf_counter() - clock
 
-        clock = time.perf_counter()
-        images = self.val.select_channels(cell.task.inputs)
-        if segmenter.needs_cases:
-            pred = _checked_masks(segmenter.predict_cases(_segmenter_view(self.val, images, cell.task.inputs)), images, cell.segmenter.name)
-        elif cell.task.dims == 3:
-            # one volume per validation case, its predictions put back on its slices: the same voxels as in 2-D
-            volumes, rows = case_volumes(images, self.val.case_ids, self.val.geometry)
-            pred = volume_slices(_checked_masks(segmenter.predict(volumes), volumes, cell.segmenter.name), rows)
-        else:
-            pred = _checked_masks(segmenter.predict(images), images, cell.segmenter.name)
-        truth = region_mask(self.val.labels, cell.task.target)
-        metrics = case_metrics(pred > 0, truth, self.val.case_ids, self.val.geometry)
-        if not np.isfinite(metrics[list(METRICS)].to_numpy()).all():
-            raise PluginError(f"segmenter '{cell.segmenter.name}': metrics are not finite.")
-        record.case_metrics = metrics
-        timings["predict_s"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            images = self.val.select_channels(cell.task.inputs)
+            if segmenter.needs_cases:
+                pred = _checked_masks(segmenter.predict_cases(_segmenter_view(self.val, images, cell.task.inputs)), images, cell.segmenter.name)
+            elif cell.task.dims == 3:
+                # one volume per validation case, its predictions put back on its slices: the same voxels as in 2-D
+                volumes, rows = case_volumes(images, self.val.case_ids, self.val.geometry)
+                pred = volume_slices(_checked_masks(segmenter.predict(volumes), volumes, cell.segmenter.name), rows)
+            else:
+                pred = _checked_masks(segmenter.predict(images), images, cell.segmenter.name)
+            truth = region_mask(self.val.labels, cell.task.target)
+            metrics = case_metrics(pred > 0, truth, self.val.case_ids, self.val.geometry)
+            if not np.isfinite(metrics[list(METRICS)].to_numpy()).all():
+                raise PluginError(f"segmenter '{cell.segmenter.name}': metrics are not finite.")
+            record.case_metrics = metrics
+            timings["predict_s"] = time.perf_counter() - clock
+        finally:  # what the segmenter holds (temporary folders) goes, whether or not the cell got this far
+            _close_segmenter(segmenter, cell.segmenter.name)
         if self.predictions_dir is not None:
             save_predictions(self.predictions_dir / cell.key, pred, self.val.case_ids, self.val.geometry)
 
-    def _draw_examples(self, attack: str, clean: SliceSet, poisoned: SliceSet, sources: tuple[str, ...]) -> None:
+    def _draw_examples(self, cell: Cell, clean: SliceSet, poisoned: SliceSet, sources: tuple[str, ...]) -> None:
         from .figures import plot_attack_examples
 
-        path = self.figures_dir / f"{_safe_name(attack)}-examples.png"
+        name = self.example_figures.get(_attack_setting(cell), f"{safe_file_name(cell.attack.name)}-examples.png")
+        path = self.figures_dir / name
         if path.exists():
             return
         try:
@@ -329,6 +338,34 @@ def _segmenter_view(data: SliceSet, images: np.ndarray, inputs: list[str]) -> Sl
         images=images, channels=tuple(inputs), labels=np.zeros((len(data), *data.shape), np.uint8),
         poisoned=np.zeros(len(data), bool),
     )
+
+
+def example_figure_names(cells: Iterable[Cell]) -> dict[str, str]:
+    """The example figure of each attack setting of a sweep (`CellRunner.example_figures`).
+
+    ``<attack>-examples.png`` when the sweep has one setting of the attack; with several
+    (``gan-synthetic`` with and without ``stealth``), each is named by its label, the
+    parameters that tell the settings apart (``gan-synthetic (stealth=True)``), so that
+    one does not overwrite another's figure.
+    """
+    from .analysis import plugin_labels
+
+    settings = {_attack_setting(cell): cell.attack.as_dict() for cell in cells}
+    labels = plugin_labels(list(settings.values()), "attack")
+    return {setting: f"{safe_file_name(label)}-examples.png" for setting, label in zip(settings, labels)}
+
+
+def _attack_setting(cell: Cell) -> str:
+    """A cell's attack with its parameters, as text that compares equal for equal settings."""
+    return json.dumps(cell.attack.as_dict(), sort_keys=True, default=str)
+
+
+def _close_segmenter(segmenter: Segmenter, name: str) -> None:
+    """`Segmenter.close`; a failure to release is logged, never raised over the cell's own outcome."""
+    try:
+        segmenter.close()
+    except Exception as exc:
+        logger.warning("segmenter '%s': close() failed: %s", name, exc)
 
 
 def _checked_masks(pred: Any, images: np.ndarray, segmenter: str) -> np.ndarray:
@@ -409,11 +446,7 @@ def save_predictions(folder: Path, pred: np.ndarray, case_ids: np.ndarray, geome
         rows = np.flatnonzero(case_ids == case)
         grid = None if geometry is None else geometry.case_grid(rows, str(case))
         volume, affine, _ = stack_slices(np.asarray(pred[rows], dtype=np.uint8), grid)
-        write_nifti(folder / f"{_safe_name(str(case))}.nii.gz", volume, affine)
-
-
-def _safe_name(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).lstrip(".") or "case"
+        write_nifti(folder / f"{safe_file_name(str(case))}.nii.gz", volume, affine)
 
 
 def run_cell(cell: Cell, data: SliceSet, device: str = "cpu", fingerprint: str = "", **kwargs: Any) -> CellRecord:

@@ -21,7 +21,7 @@ from .plugins import RunContext
 from .progress import make_progress, tracker
 from .identity import NO_ATTACK
 from .report import print_defense_effect, print_study_summary, print_summary, summarise
-from .runner import CellRunner, plan_sweep
+from .runner import CellRunner, example_figure_names, plan_sweep
 from .studies import describe_study, study_config, study_key
 from .splitting import split_cases
 from .store import FINISHED, CellRecord, ResultStore
@@ -154,7 +154,7 @@ def run_sweep(
                     split = split_cases(data, config.split.val_fraction, config.split.seed, config.split.trusted)
                     runner = CellRunner(
                         data, split, device, plan.fingerprint, cache_root(), quiet, track, predictions, out_dir / "figures",
-                        out_dir / "artifacts",
+                        out_dir / "artifacts", example_figures=example_figure_names(plan.cells),
                     )
                 for record in track(executor.run(todo), "cells", total=len(todo)):
                     store.write(record)
