@@ -12,32 +12,36 @@ from .geometry import SliceGeometry
 from .normalisation import Normalisation
 from .spill import concat_rows, map_rows, take_rows
 
-__all__ = ["SliceSet", "meta_from_json"]
+__all__ = ["INT_KEYED_META", "SliceSet", "meta_from_json"]
 
 
-def meta_from_json(meta: dict[str, Any]) -> dict[str, Any]:
+#: Keys of a SliceSet's ``meta`` whose mapping has integer keys (``source_labels``: common
+#: value -> source value); JSON writes them as text, and `meta_from_json` restores them.
+INT_KEYED_META = frozenset({"source_labels"})
+
+
+def meta_from_json(meta: dict[str, Any], int_keyed: frozenset[str] | set[str] = INT_KEYED_META) -> dict[str, Any]:
     """A SliceSet's ``meta`` as read back from JSON, with its integer-keyed mappings restored.
 
-    JSON writes every mapping key as text; a mapping whose keys all read as integers (a
-    label map, value -> value) gets integer keys back, at any depth. Readers of cached
-    data sets call this rather than knowing which keys a source puts in its ``meta``.
+    JSON writes every mapping key as text. Only the mappings under the keys listed in
+    ``int_keyed`` get integer keys back; any other mapping keeps its text keys, even when
+    they read as numbers (a plugin's own case-keyed map keeps ``"001"``).
 
     Args:
         meta: the ``meta`` mapping as parsed from JSON.
+        int_keyed: the top-level keys whose mappings are integer-keyed. Defaults to
+            `INT_KEYED_META`.
 
     Returns:
         a new mapping; ``meta`` is left as it was.
     """
-    return {key: _int_keyed(value) for key, value in meta.items()}
+    return {key: _int_keys(value) if key in int_keyed else value for key, value in meta.items()}
 
 
-def _int_keyed(value: Any) -> Any:
-    if not isinstance(value, dict):
-        return value
-    restored = {key: _int_keyed(item) for key, item in value.items()}
-    if restored and all(isinstance(key, str) and key.lstrip("-").isdigit() for key in restored):
-        return {int(key): item for key, item in restored.items()}
-    return restored
+def _int_keys(mapping: Any) -> Any:
+    if not isinstance(mapping, dict):
+        return mapping
+    return {int(key) if isinstance(key, str) and key.lstrip("-").isdigit() else key: value for key, value in mapping.items()}
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,7 +55,9 @@ class SliceSet:
         poisoned: bool ``[N]``, ground truth for the harness only; a defense never reads it.
         channels: names of the ``C`` channels (``t1``, ``t1ce``, ``t2``, ``flair``, ``ct``...).
         meta: free-form facts about the source (e.g. ``source_labels``: common value ->
-            source value, used to report counts in the source's own values).
+            source value, used to report counts in the source's own values). Through a
+            cache, mappings under `INT_KEYED_META` keys get their integer keys back; any
+            other mapping comes back with text keys, as JSON writes them.
         norm_masks: bool ``[N, H, W]``, the voxels over which the data set normalised each
             case's intensities (its brain mask), or None when the source records none.
         normalisation: the data set's normalisation rule, or None when unrecorded (see

@@ -165,11 +165,20 @@ def test_trusted_cases_are_scored_once_with_the_training_set(trusted, tmp_path):
 
 
 # --------------------------------------------------------------------------- what readers and figures no longer know
-def test_cached_meta_gets_its_integer_keys_back_whatever_they_are_called():
-    meta = {"source_labels": {0: 0, 1: 1, 3: 4}, "any_map": {"nested": {2: 7}}, "convention": "brats2021", "names": {"a": 1}}
+def test_cached_meta_gets_integer_keys_back_only_where_declared():
+    meta = {"source_labels": {0: 0, 1: 1, 3: 4}, "convention": "brats2021", "names": {"a": 1}}
     restored = meta_from_json(json.loads(json.dumps(meta)))
     assert restored == meta
     assert list(restored["source_labels"]) == [0, 1, 3]
+
+
+def test_a_plugins_digit_keyed_map_in_meta_keeps_its_text_keys():
+    meta = {"source_labels": {0: 0, 2: 1}, "case_sites": {"001": "a", "002": {"7": "b"}}, "any_map": {"nested": {"2": 7}}}
+    restored = meta_from_json(json.loads(json.dumps(meta)))
+    assert restored["case_sites"] == {"001": "a", "002": {"7": "b"}}  # never 1 and 2
+    assert restored["any_map"] == {"nested": {"2": 7}}
+    assert restored["source_labels"] == {0: 0, 2: 1}
+    assert meta_from_json({"labels": {"1": 2}}, int_keyed={"labels"}) == {"labels": {1: 2}}
 
 
 def test_an_added_copy_is_matched_to_its_case_by_content():
