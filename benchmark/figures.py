@@ -39,22 +39,40 @@ def original_case(case: str, clean: SliceSet, poisoned: SliceSet) -> str | None:
     the clean case of as many slices that shares the most with it (its masks, its
     untouched channels), so an attack that adds copies under new ids needs not say how
     it names them. None when no clean case shares anything with it.
+
+    Each candidate's middle slice is compared first; a case's full arrays (tens of MB at
+    BraTS scale) are compared only where that slice is the same.
     """
     known = set(clean.cases)
     if case in known:
         return case
     fake = np.flatnonzero(poisoned.case_ids == case)
+    if len(fake) == 0:
+        return None
+    middle = len(fake) // 2
+    fake_labels_slice = np.asarray(poisoned.labels[fake[middle]])
+    fake_slices = [np.asarray(poisoned.images[fake[middle], c]) for c in range(len(clean.channels))]
     best, best_shared = None, 0
-    for candidate in clean.cases:
-        real = np.flatnonzero(clean.case_ids == candidate)
+    for candidate, real in _case_rows(clean.case_ids).items():
         if len(real) != len(fake):
             continue
-        shared = int(np.array_equal(clean.labels[real], poisoned.labels[fake])) + sum(
-            np.array_equal(clean.images[real, c], poisoned.images[fake, c]) for c in range(len(clean.channels))
-        )
+        shared = 0
+        if np.array_equal(clean.labels[real[middle]], fake_labels_slice):
+            shared += int(np.array_equal(clean.labels[real], poisoned.labels[fake]))
+        for c, fake_slice in enumerate(fake_slices):
+            if np.array_equal(clean.images[real[middle], c], fake_slice):
+                shared += int(np.array_equal(clean.images[real, c], poisoned.images[fake, c]))
         if shared > best_shared:
             best, best_shared = candidate, shared
     return best
+
+
+def _case_rows(case_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows of each case, in ascending row order, by case id in first-seen order (one pass over the ids)."""
+    ids, first, inverse = np.unique(case_ids, return_index=True, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    groups = np.split(order, np.cumsum(np.bincount(inverse.ravel(), minlength=len(ids)))[:-1])
+    return {str(ids[i]): groups[i] for i in np.argsort(first)}
 
 
 def plot_attack_examples(

@@ -75,3 +75,39 @@ def test_dose_response(tmp_path):
 
 def test_dose_response_unknown_attack_still_writes(tmp_path):
     assert _png(plot_dose_response(_summary(), "blur", tmp_path / "blur.png"))
+
+
+class _CountingNumpy:
+    """numpy, with the sizes of the arrays `array_equal` compares recorded."""
+
+    def __init__(self):
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def array_equal(self, a, b):
+        self.sizes.append(np.asarray(a).size)
+        return np.array_equal(a, b)
+
+
+def test_added_copy_is_found_comparing_whole_cases_only_with_candidates(monkeypatch):
+    from benchmark import figures
+
+    rng = np.random.default_rng(3)
+    cases, slices, size = 40, 6, 8
+    clean = SliceSet.create(
+        rng.normal(size=(cases * slices, 2, size, size)).astype(np.float32),
+        rng.integers(0, 4, size=(cases * slices, size, size)).astype(np.uint8),
+        [f"c{i:02d}" for i in range(cases) for _ in range(slices)], ("ct", "t1ce"),
+    )
+    copy = clean.subset(["c27"])
+    images = copy.images.copy()
+    images[:, 1] += 1.0  # a new target channel; the source channel and the masks stay
+    added = copy.with_arrays(images=images, case_ids=np.array(["copy-3"] * slices), poisoned=np.ones(slices, bool))
+    poisoned = SliceSet.concatenate([clean, added])
+    counting = _CountingNumpy()
+    monkeypatch.setattr(figures, "np", counting)
+    assert figures.original_case("copy-3", clean, poisoned) == "c27"
+    whole_case = slices * size * size
+    assert sum(s >= whole_case for s in counting.sizes) == 2  # the masks and the source channel of c27 alone
