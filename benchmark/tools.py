@@ -37,6 +37,8 @@ EXPORTS: dict[str, str] = {
     "plot_dose_response": ".figures",
     # provenance
     "git_commit": ".environment", "package_version": ".environment",
+    # file names
+    "safe_file_name": ".paths",
 }
 
 __all__ = list(EXPORTS)

@@ -49,6 +49,7 @@ from ..cache import sha256_file
 from ..errors import BenchError, ConfigError
 from ..executors import cell_threads
 from ..geometry import stack_slices
+from ..paths import safe_file_name
 from ..regions import BRATS_2021_TO_COMMON, ED, ET, NCR
 from ..sliceset import SliceSet
 
@@ -96,10 +97,6 @@ def write_nifti(path: Path, volume: np.ndarray, affine: np.ndarray | None = None
     image.header.set_xyzt_units("mm")
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).lstrip(".") or "case"
 
 
 def _lookup(mapping: dict[int, int]) -> np.ndarray:
@@ -158,7 +155,7 @@ def write_sliceset(
         if fmt == "nnunet":
             gaps = np.setdiff1d(np.arange(labels.shape[-1]), position)
             labels[..., gaps] = NNUNET_IGNORE
-        name = _safe(str(case))
+        name = safe_file_name(str(case))
         written[name] = position.tolist()
         if fmt == "nnunet":
             suffix = "Tr" if part == "train" else "Ts"
