@@ -9,9 +9,12 @@ such as a slice geometry); the caller maps them and appends them to the data set
 memory-mapped cache in case order, so the cache is byte-for-byte what one process
 writes, and at most ``workers × READ_AHEAD`` cases wait on disk at any time.
 
-On Linux the workers are forked (they inherit the reader, with nothing to import or
-pickle, and start in milliseconds); elsewhere they are spawned and receive a copy of
-the reader.
+The workers come from a fork server where there is one (Linux, macOS): a clean process,
+started once, that imports the reader's module and forks each worker from itself. The
+driver is not forked: it already runs threads (torch's and OpenMP's pools, the progress
+display's refresh), and a child forked from a threaded process can deadlock on a lock
+another thread held (Python 3.12 warns of it). Elsewhere the workers are spawned. Either
+way a worker receives a pickled copy of the reader.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import contextlib
 import multiprocessing
 import os
 import shutil
-import sys
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -77,10 +79,14 @@ def _read_one(position: int, case: Any, scratch: str) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _context() -> multiprocessing.context.BaseContext:
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
+def _context(read: Callable[..., Any]) -> multiprocessing.context.BaseContext:
+    """The start method of the reading processes: the fork server where there is one, else spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # imported once in the server (before its first start) rather than in every worker
+    context.set_forkserver_preload([name for name in (__name__, getattr(read, "__module__", None)) if name and name != "__main__"])
+    return context
 
 
 class CaseReads:
@@ -94,7 +100,7 @@ class CaseReads:
     started, waits for the running ones and removes ``scratch``.
 
     Args:
-        read: reads one case; must be picklable where workers are spawned (not on Linux).
+        read: reads one case; must be picklable (a module-level function or class instance).
             An exception it raises reaches the caller unchanged (a `DataError` naming the
             file, as the reader words it).
         cases: the cases, in the order they are handed back.
@@ -128,7 +134,7 @@ class CaseReads:
             return
         self.scratch.mkdir(parents=True, exist_ok=True)
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=_context(), initializer=_init_worker, initargs=(self.read,)
+            max_workers=self.workers, mp_context=_context(self.read), initializer=_init_worker, initargs=(self.read,)
         )
         yield from self._ordered(self._pool, self.workers * READ_AHEAD)
 

@@ -159,3 +159,28 @@ def test_workers_change_neither_fingerprint_nor_cell_keys(tmp_path, tiny_config)
 def test_bad_workers_are_named(tmp_path, tiny_config, value):
     with pytest.raises(ConfigError, match=r"dataset\.workers: expected a number of processes"):
         validate_config(_config(tiny_config, tmp_path, workers=value))
+
+
+def _parent(case: int) -> tuple[int]:
+    return (os.getppid(),)
+
+
+def test_readers_are_not_forked_from_the_threaded_driver(tmp_path):
+    """The driver runs threads (torch, the progress display): its workers come from a fork server or spawn."""
+    import multiprocessing
+    import threading
+
+    from benchmark.datasets._parallel import _context
+
+    busy = threading.Event()
+    thread = threading.Thread(target=busy.wait, daemon=True)  # a driver thread, as torch's or rich's
+    thread.start()
+    reads = CaseReads(_parent, list(range(4)), 2, tmp_path / "scratch")
+    try:
+        parents = {parent for _, (parent,) in reads}
+    finally:
+        reads.close()
+        busy.set()
+    assert _context(_parent).get_start_method() in ("forkserver", "spawn")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        assert os.getpid() not in parents  # forked from the server, not from this process
