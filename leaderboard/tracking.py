@@ -7,15 +7,20 @@ run per cell of the study:
   lists and mappings are written as JSON. The parent holds the study's config.
 - metrics of a finished cell, every number from the analysis layer of ``benchmark``:
   per metric ``m`` its mean, ``m_std``, ``m_ci_low``, ``m_ci_high`` over the cell's
-  validation cases (`benchmark.summary_frame`, the per-cell table of ``bench report``);
+  validation cases (`benchmark.summary_frame`, the per-cell table of ``bench report``),
+  and the same four of ``hd95`` (mm, lower is better) over the cases that measured it
+  (`benchmark.aggregate`, as ``summary_frame`` aggregates the others);
   ``drop``, ``drop_ci_low``, ``drop_ci_high``: Dice of the clean cell of the same
   segmenter and seed minus this cell's, paired over cases (`benchmark.drop_interval`);
   ``group.*``: the cell's group over every seed of the study (`benchmark.summary_table`:
-  Dice, drop, p-values; `benchmark.defense_effect`: recovery, clean cost);
+  Dice, drop, p-values, HD95 and its rise over the clean baseline; `benchmark.defense_effect`:
+  recovery, clean cost);
   ``detection.*`` and ``attack.*``: the numbers the defense and the attack reported for
   the cell (AUROC, AP, precision, recall, F1, removed fraction; poisoned share, ...).
   The parent holds the study's smallest detectable Dice difference
-  (`benchmark.detectable_difference`).
+  (`benchmark.detectable_difference`). A number that is not finite (HD95 of data without
+  geometry, a detection figure left undefined) is left out: MLflow would store NaN, which
+  its charts and comparisons cannot use.
 - tags: ``env.*``, the environment the cell ran in (versions, Python, platform, device,
   GPU, threads, git commit, data set fingerprint); ``poisonbench.*``: cell key, study key,
   plugin labels, status (and the error of a failed cell).
@@ -23,8 +28,9 @@ run per cell of the study:
   its attack and the attack's example figure (``figures/``); the parent holds every
   figure and the study's ``summary.csv`` and ``defenses.csv``.
 
-Exporting a study again replaces its runs in the experiment (the old ones are deleted,
-which MLflow keeps recoverable until ``mlflow gc``). MLflow 3 keeps the file store
+Exporting a study again replaces its runs in the experiment: the new runs are written
+first, then the old ones deleted (MLflow keeps them recoverable until ``mlflow gc``); an
+export that fails midway deletes what it wrote and leaves the earlier export as it was. MLflow 3 keeps the file store
 (``./mlruns``) in maintenance mode and refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is
 set; for a file-store URI the export sets it (when unset), so ``./mlruns`` works on every
 MLflow from 2.10. A ``sqlite:///mlflow.db`` URI (or a tracking server) works as well.
@@ -43,7 +49,7 @@ from typing import Any
 import pandas as pd
 
 import benchmark
-from benchmark import BenchError, ResultStore
+from benchmark import DISTANCE_SUMMARY_COLUMNS, BenchError, ResultStore
 
 from .bundle import finite_or_none
 
@@ -55,7 +61,7 @@ DEFAULT_EXPERIMENT = "poisonbench"
 INSTALL_HINT = "pip install 'poisonbench[mlflow]'"
 
 _GROUP_SUMMARY = ["dice", "dice_ci_low", "dice_ci_high", "drop", "drop_ci_low", "drop_ci_high", "p_value", "p_holm",
-                  "dice_clean", "seeds", "cases"]
+                  "dice_clean", "seeds", "cases", *DISTANCE_SUMMARY_COLUMNS]  # hd95 and hd95_rise (mm), with their intervals
 _GROUP_EFFECT = ["dice_without", "recovery", "clean_cost", "damage"]
 _BATCH = 100  # one log_batch call takes at most 100 parameters, 100 tags and 1000 metrics
 _UNSAFE_KEY = re.compile(r"[^\w.\- /]")
@@ -200,12 +206,15 @@ def _experiment(client: Any, name: str) -> str:
     return found.experiment_id
 
 
-def _delete_earlier(client: Any, experiment_id: str, study: str) -> int:
-    """Delete the runs an earlier export of ``study`` left in the experiment; returns how many."""
+def _study_run_ids(client: Any, experiment_id: str, study: str) -> set[str]:
+    """The ids of the active runs of ``study`` in the experiment (an earlier export's, or this one's so far)."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`poisonbench.study` = '{study}'", max_results=50_000)
-    for run in runs:
-        client.delete_run(run.info.run_id)
-    return len(runs)
+    return {run.info.run_id for run in runs}
+
+
+def _delete_runs(client: Any, run_ids: set[str]) -> None:
+    for run_id in sorted(run_ids):
+        client.delete_run(run_id)
 
 
 def export_mlflow(results_dir: str | Path, uri: str | None = None, study: str | list[str] | None = None,
@@ -244,34 +253,43 @@ def export_mlflow(results_dir: str | Path, uri: str | None = None, study: str | 
     labels = {row["cell"]: row for _, row in cells.iterrows()}
 
     experiment_id = _experiment(client, experiment)
-    replaced = _delete_earlier(client, experiment_id, chosen.key)
+    earlier = _study_run_ids(client, experiment_id, chosen.key)
     study_tags = {"poisonbench.study": chosen.key}
-    with tempfile.TemporaryDirectory(prefix="poisonbench-mlflow-") as tmp:
-        tmp_dir = Path(tmp)
-        figures = _draw_figures(summary, tmp_dir / "figures") if not summary.empty else {}
-        examples = sorted((Path(results_dir) / "figures").glob("*-examples.png"))
-        started = _milliseconds(runs["started_at"].min())
-        parent = client.create_run(experiment_id, start_time=started, run_name=f"study {chosen.key}",
-                                   tags={**study_tags, "poisonbench.kind": "study", "mlflow.note.content": chosen.description})
-        parent_id = parent.info.run_id
-        parent_metrics = {"detectable_difference": detectable.delta, "detectable_difference_se": detectable.se,
-                          "cells_finished": int((runs["status"] == "finished").sum()), "cells": len(runs)}
-        _log(client, parent_id, {k: v for k, v in parent_metrics.items() if _finite(v) is not None},
-             _flatten(chosen.config), {"poisonbench.description": chosen.description}, started or 0)
-        summary.to_csv(tmp_dir / "summary.csv", index=False)
-        effect.to_csv(tmp_dir / "defenses.csv", index=False)
-        for table in ("summary.csv", "defenses.csv"):
-            client.log_artifact(parent_id, str(tmp_dir / table))
-        for figure in [*figures.values(), *examples]:
-            client.log_artifact(parent_id, str(figure), "figures")
+    try:
+        with tempfile.TemporaryDirectory(prefix="poisonbench-mlflow-") as tmp:
+            tmp_dir = Path(tmp)
+            figures = _draw_figures(summary, tmp_dir / "figures") if not summary.empty else {}
+            examples = sorted((Path(results_dir) / "figures").glob("*-examples.png"))
+            started = _milliseconds(runs["started_at"].min())
+            parent = client.create_run(experiment_id, start_time=started, run_name=f"study {chosen.key}",
+                                       tags={**study_tags, "poisonbench.kind": "study", "mlflow.note.content": chosen.description})
+            parent_id = parent.info.run_id
+            parent_metrics = {"detectable_difference": detectable.delta, "detectable_difference_se": detectable.se,
+                              "cells_finished": int((runs["status"] == "finished").sum()), "cells": len(runs)}
+            _log(client, parent_id, {k: v for k, v in parent_metrics.items() if _finite(v) is not None},
+                 _flatten(chosen.config), {"poisonbench.description": chosen.description}, started or 0)
+            summary.to_csv(tmp_dir / "summary.csv", index=False)
+            effect.to_csv(tmp_dir / "defenses.csv", index=False)
+            for table in ("summary.csv", "defenses.csv"):
+                client.log_artifact(parent_id, str(tmp_dir / table))
+            for figure in [*figures.values(), *examples]:
+                client.log_artifact(parent_id, str(figure), "figures")
 
-        cell_runs: dict[str, str] = {}
-        for _, run in runs.iterrows():
-            key = str(run["cell_key"])
-            cell_runs[key] = _log_cell(client, experiment_id, parent_id, run, labels.get(key), per_cell, drops, groups,
-                                       metrics, figures, examples, study_tags, tmp_dir)
-        client.set_terminated(parent_id, "FINISHED", end_time=_milliseconds(runs["finished_at"].max()))
-    return MlflowExport(uri, experiment_id, parent_id, cell_runs, replaced)
+            cell_runs: dict[str, str] = {}
+            for _, run in runs.iterrows():
+                key = str(run["cell_key"])
+                cell_runs[key] = _log_cell(client, experiment_id, parent_id, run, labels.get(key), per_cell, drops, groups,
+                                           metrics, figures, examples, study_tags, tmp_dir)
+            client.set_terminated(parent_id, "FINISHED", end_time=_milliseconds(runs["finished_at"].max()))
+    except BaseException:
+        # the earlier export stays whole: only what this one wrote so far goes
+        try:
+            _delete_runs(client, _study_run_ids(client, experiment_id, chosen.key) - earlier)
+        except Exception:  # the tracking store failing again: the first failure is the one to report
+            pass
+        raise
+    _delete_runs(client, earlier - {parent_id, *cell_runs.values()})  # replaced only once the new runs are written
+    return MlflowExport(uri, experiment_id, parent_id, cell_runs, len(earlier))
 
 
 def _log_cell(client: Any, experiment_id: str, parent_id: str, run: pd.Series, label: pd.Series | None, per_cell: pd.DataFrame,
@@ -298,6 +316,11 @@ def _log_cell(client: Any, experiment_id: str, parent_id: str, run: pd.Series, l
             for suffix in ("", "_std", "_ci_low", "_ci_high"):
                 metrics[f"{metric}{suffix}"] = row[f"{metric}{suffix}"]
         metrics["cases"] = row["cases"]
+        mine = case_metrics[case_metrics["cell"] == key]
+        for metric in benchmark.DISTANCE_METRICS:  # over the cases that measured it; none measured: left out
+            if metric in mine:
+                agg = benchmark.aggregate(mine[metric].to_numpy(dtype=float))
+                metrics.update({metric: agg.mean, f"{metric}_std": agg.std, f"{metric}_ci_low": agg.ci_low, f"{metric}_ci_high": agg.ci_high})
         if key in drops:
             drop = drops[key]
             metrics.update(drop=drop.mean, drop_ci_low=drop.ci_low, drop_ci_high=drop.ci_high)
@@ -313,13 +336,20 @@ def _log_cell(client: Any, experiment_id: str, parent_id: str, run: pd.Series, l
         case_metrics[case_metrics["cell"] == key].drop(columns=["cell"]).to_csv(folder / "cases.csv", index=False)
         client.log_artifact(child, str(folder / "cases.csv"))
         own = [figures[names["attack"]]] if names["attack"] in figures else []
-        own += [p for p in examples if p.name == f"{_file_name(config['attack']['name'])}-examples.png"]
+        own += _example_figures(examples, names["attack"], str(config["attack"]["name"]))
         for figure in own:
             client.log_artifact(child, str(figure), "figures")
     client.set_terminated(child, "FINISHED" if finished else "FAILED", end_time=_milliseconds(run["finished_at"]))
     return child
 
 
-def _file_name(name: str) -> str:
-    """The file-name form the runner gives an attack's example figure (``<name>-examples.png``)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).lstrip(".") or "case"
+def _example_figures(examples: list[Path], label: str, name: str) -> list[Path]:
+    """The attack's example figure among ``examples``, by the names the runner gives it (`benchmark.safe_file_name`).
+
+    ``<label>-examples.png`` where a sweep has several settings of the attack, else ``<name>-examples.png``.
+    """
+    for stem in dict.fromkeys((label, name)):
+        found = [p for p in examples if p.name == f"{benchmark.safe_file_name(stem)}-examples.png"]
+        if found:
+            return found
+    return []

@@ -218,3 +218,77 @@ def test_without_mlflow_exit_2_with_the_install_command(results_dir, tmp_path, m
 def test_missing_database_exits_2(tmp_path, capsys):
     assert main(["export", "--out", str(tmp_path / "none"), "--mlflow", str(tmp_path / "mlruns")]) == 2
     assert "no results database" in capsys.readouterr().err
+
+
+def _measure_hd95(results_dir) -> str:
+    """HD95 (mm) on every case of every finished cell but one, whose key is returned (its cases left unmeasured)."""
+    import sqlite3
+
+    with sqlite3.connect(results_dir / "results.sqlite") as db:
+        keys = [row[0] for row in db.execute("SELECT DISTINCT cell_key FROM case_metrics ORDER BY cell_key")]
+        db.execute("UPDATE case_metrics SET hd95 = 2.0 + (rowid % 5) * 1.5 + (dice < 0.7) * 10")
+        db.execute("UPDATE case_metrics SET hd95 = NULL WHERE cell_key = ?", (keys[-1],))
+    return keys[-1]
+
+
+@pytest.mark.slow
+def test_hd95_per_cell_and_per_group(results_dir, tmp_path):
+    unmeasured = _measure_hd95(results_dir)
+    uri = (tmp_path / "mlruns").as_uri()
+    assert main(["export", "--out", str(results_dir), "--mlflow", uri]) == 0
+    _, runs = _runs(uri)
+    stored, cases, _ = _store(results_dir)
+    summary = summary_table(*study_tables(stored, cases))
+    children = {r.data.tags["poisonbench.cell"]: r for r in runs if r.data.tags.get("poisonbench.kind") == "cell" and r.info.status == "FINISHED"}
+    config = {r["cell_key"]: r["config"] for _, r in stored.iterrows()}
+    for key, run in children.items():
+        mine = cases[cases["cell"] == key]["hd95"]
+        if key == unmeasured:  # no case measured: no hd95, not NaN
+            assert not any(name.startswith("hd95") for name in run.data.metrics), run.data.metrics
+            continue
+        assert run.data.metrics["hd95"] == pytest.approx(mine.mean(), abs=1e-12)
+        assert run.data.metrics["hd95_std"] == pytest.approx(mine.std(ddof=1), abs=1e-12)
+        assert run.data.metrics["hd95_ci_low"] <= run.data.metrics["hd95"] <= run.data.metrics["hd95_ci_high"]
+    # the group's HD95 and its rise over the clean cells: the numbers of summary.csv
+    attacked = next(r for k, r in children.items() if config[k]["rate"] == 1.0 and config[k]["defense"]["name"] == "none")
+    row = summary[(summary["attack"] == "noise") & (summary["rate"] == 1.0) & (summary["defense"] == "none")].iloc[0]
+    assert np.isfinite(row["hd95_rise"]) and row["hd95_rise"] > 0
+    for column in ("hd95", "hd95_ci_low", "hd95_ci_high", "hd95_rise", "hd95_rise_ci_low", "hd95_rise_ci_high"):
+        assert attacked.data.metrics[f"group.{column}"] == pytest.approx(row[column]), column
+    assert all(np.isfinite(v) for r in runs for v in r.data.metrics.values())  # nothing NaN reaches MLflow
+
+
+@pytest.mark.slow
+def test_a_failed_export_leaves_the_earlier_one_intact(results_dir, tmp_path, monkeypatch):
+    import leaderboard.tracking as tracking
+
+    uri = (tmp_path / "mlruns").as_uri()
+    assert main(["export", "--out", str(results_dir), "--mlflow", uri]) == 0
+    client, first = _runs(uri)
+    first_ids = {r.info.run_id for r in first}
+    assert len(first_ids) == 18
+
+    # the tracking store fails on the fifth cell of the second export
+    log_cell, calls = tracking._log_cell, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("tracking server went away")
+        return log_cell(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "_log_cell", failing)
+    with pytest.raises(RuntimeError, match="went away"):
+        tracking.export_mlflow(results_dir, uri)
+    _, after = _runs(uri)
+    assert {r.info.run_id for r in after} == first_ids  # the earlier export, whole; nothing half-written left active
+    assert all(client.get_run(i).info.lifecycle_stage == "active" for i in first_ids)
+
+    # once it succeeds, the new runs replace the earlier ones, and only those
+    monkeypatch.setattr(tracking, "_log_cell", log_cell)
+    export = tracking.export_mlflow(results_dir, uri)
+    _, final = _runs(uri)
+    final_ids = {r.info.run_id for r in final}
+    assert export.replaced == 18 and final_ids == {export.parent_run_id, *export.cell_run_ids.values()}
+    assert len(final_ids) == 18 and not final_ids & first_ids
+    assert all(client.get_run(i).info.lifecycle_stage == "deleted" for i in first_ids)
