@@ -17,6 +17,7 @@ then the site is built from the whole board (`leaderboard.build_site`).
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Callable, Sequence
 import benchmark
 from benchmark import BenchError, ExitCode, ResultStore
 
-from .board import DEFAULT_BOARD, Board, safe_name
+from .board import DEFAULT_BOARD, Board, Entry, safe_name
 from .bundle import export_bundle, write_bundle
 from .site import BuildResult, build_site
 from .validate import results_fingerprint
@@ -102,10 +103,19 @@ def _complete_study(run_dir: Path, key: str) -> str | None:
     return None
 
 
+def _entry_of(entry: Entry, config: Path) -> bool:
+    """Whether ``entry`` is the reference entry of ``config``: its submitter name, and the id `Board.add` gives it.
+
+    Exact, not a prefix: ``poisonbench-reference-paper-`` also begins the ids of ``paper-regime``.
+    """
+    name = _submitter(config)["name"]
+    pattern = re.escape(safe_name(name)) + r"-[0-9a-f]{12}"
+    return entry.submitter.get("name") == name and re.fullmatch(pattern, entry.entry_id) is not None
+
+
 def _publish(board: Board, config: Path, bundle: dict, tmp: Path) -> tuple[str, str]:
     """Put ``bundle`` on the board in place of the config's earlier entries; returns (status, entry id)."""
-    prefix = safe_name(_submitter(config)["name"]) + "-"
-    earlier = [e for e in board.entries() if e.entry_id.startswith(prefix)]
+    earlier = [e for e in board.entries() if _entry_of(e, config)]
     fingerprint = results_fingerprint(bundle)
     same = next((e for e in earlier if results_fingerprint(e.submission) == fingerprint), None)
     if same is not None:

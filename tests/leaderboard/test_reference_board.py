@@ -1,12 +1,17 @@
 """The reference board: ``bench leaderboard rebuild-reference`` end to end on a tiny config, and
 the committed board (``leaderboard/entries/``) built and opened in a real browser.
 
+The committed board is required: while ``leaderboard/entries/`` is missing or holds no entry,
+its tests fail (they never skip). The site's own checks also run on a generated entry, so a
+broken site shows apart from a missing board.
+
 The browser check needs Debian's chromium at ``/usr/bin/chromium`` (``.ci/browser-deps.sh``)
 and the ``playwright`` Python package, as ``test_browser.py`` does.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -17,7 +22,9 @@ import pytest
 from benchmark import ResultStore, load_config
 from benchmark.cli import main
 from leaderboard import Board, build_site
-from leaderboard.reference import REFERENCE_CONFIGS, reference_configs
+from leaderboard.board import INDEX_NAME
+from leaderboard.site import BuildResult
+from leaderboard.reference import REFERENCE_CONFIGS, _publish, reference_configs
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED_BOARD = REPO / "leaderboard" / "entries"
@@ -129,6 +136,35 @@ def test_the_reference_configs_are_present_and_valid():
         load_config(REPO / path)  # raises with the key path when a reference config is invalid
 
 
+def _reference_bundle(bundle: dict, helpers, stem: str, fn: int = 0) -> dict:
+    """``bundle`` as the reference export of config ``stem``; ``fn`` more false negatives on one case: other results."""
+    b = copy.deepcopy(bundle)
+    b["submitter"] = {"name": f"poisonbench reference {stem}", "affiliation": "poisonbench", "link": ""}
+    b["cells"][0]["cases"][0]["fn"] += fn
+    helpers.recount(b["cells"][0]["cases"][0])
+    return helpers.reseal(b, recompute_aggregates=True)
+
+
+def test_rebuilding_a_config_replaces_its_own_entry_only(bundle, helpers, tmp_path):
+    board = Board(tmp_path / "board")
+    stems = ["paper", "paper-regime", "defenses", "defenses-family"]
+    first = {stem: board.add(helpers.dump(_reference_bundle(bundle, helpers, stem, fn=100 * i), tmp_path / f"{stem}.json"))
+             for i, stem in enumerate(stems)}
+    # a submission whose id begins like paper's but is no reference export: never touched either
+    kept = board.add(helpers.dump(_reference_bundle(bundle, helpers, "paper x", fn=900), tmp_path / "other.json"))
+    assert kept.entry_id.startswith("poisonbench-reference-paper-")
+
+    for i, stem in enumerate(("paper", "defenses")):
+        status, entry_id = _publish(board, Path(f"configs/{stem}.yaml"), _reference_bundle(bundle, helpers, stem, fn=1000 * (i + 1)), tmp_path)
+        assert status == "replaced" and entry_id != first[stem].entry_id
+    ids = {e.entry_id for e in board.entries()}
+    assert first["paper-regime"].entry_id in ids and first["defenses-family"].entry_id in ids and kept.entry_id in ids
+    assert first["paper"].entry_id not in ids and first["defenses"].entry_id not in ids and len(ids) == 5
+    # the same results again: unchanged, and still one entry per config
+    status, entry_id = _publish(board, Path("configs/paper-regime.yaml"), _reference_bundle(bundle, helpers, "paper-regime", fn=100), tmp_path)
+    assert (status, entry_id) == ("unchanged", first["paper-regime"].entry_id)
+
+
 def test_remove_takes_an_entry_and_its_index_record(bundle, helpers, tmp_path):
     board = Board(tmp_path / "board")
     entry = board.add(helpers.dump(bundle, tmp_path / "s.json"))
@@ -140,32 +176,64 @@ def test_remove_takes_an_entry_and_its_index_record(bundle, helpers, tmp_path):
 
 
 # -- the committed board, in a real browser ----------------------------------------------------
+COMMIT_HINT = "run 'bench leaderboard rebuild-reference --verify' and commit leaderboard/entries/"
+
+
+def _committed_board() -> Board:
+    """The committed board; a failure (never a skip) while it is missing or empty."""
+    assert COMMITTED_BOARD.is_dir(), f"{COMMITTED_BOARD} is not committed: {COMMIT_HINT}"
+    assert [p for p in COMMITTED_BOARD.glob("*.json") if p.name != INDEX_NAME], f"{COMMITTED_BOARD} holds no entry: {COMMIT_HINT}"
+    return Board(COMMITTED_BOARD)
+
+
 def test_committed_entries_pass_the_board_checks():
-    contents = Board(COMMITTED_BOARD).load()
+    contents = _committed_board().load()
     assert not contents.left_out, contents.left_out
+    assert contents.entries
     unverified = [e.entry_id for e in contents.entries if not e.verified]
     assert not unverified, f"reference entries not verified (run rebuild-reference with --verify): {unverified}"
 
 
-@pytest.fixture
-def board_site(bundle, helpers, tmp_path):
-    """The committed board built into a site; a small generated entry joins it while it is empty."""
-    board_dir = tmp_path / "board"
-    if COMMITTED_BOARD.is_dir():
-        shutil.copytree(COMMITTED_BOARD, board_dir)
-    board = Board(board_dir)
-    if not board.entries():
-        board.add(helpers.dump(bundle, tmp_path / "generated.json"))
-    result = build_site(board, tmp_path / "site")
+def _built(board: Board, out: Path) -> tuple[list, BuildResult]:
+    result = build_site(board, out)
     assert not result.left_out, result.left_out
     return board.entries(), result
 
 
+@pytest.fixture
+def committed_site(tmp_path):
+    """The committed board (a copy: the build never writes into it) built into a site."""
+    board_dir = tmp_path / "board"
+    shutil.copytree(_committed_board().root, board_dir)
+    return _built(Board(board_dir), tmp_path / "site")
+
+
+@pytest.fixture
+def generated_site(bundle, helpers, tmp_path):
+    """A board of one small generated entry built into a site: the site's own checks, whatever is committed."""
+    board = Board(tmp_path / "board")
+    board.add(helpers.dump(bundle, tmp_path / "generated.json"))
+    return _built(board, tmp_path / "site")
+
+
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium (run .ci/browser-deps.sh)")
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium (run .ci/browser-deps.sh)")
-def test_the_board_in_a_real_browser(board_site):
+@needs_chromium
+def test_the_committed_board_in_a_real_browser(committed_site):
+    _check_in_browser(*committed_site)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_a_generated_board_in_a_real_browser(generated_site):
+    _check_in_browser(*generated_site)
+
+
+def _check_in_browser(entries: list, result: BuildResult) -> None:
+    """Every entry rendered, the cells table sorts by Dice both ways, every figure loads, no console error."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-    entries, result = board_site
     assert result.figures, "the board has no figure"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
