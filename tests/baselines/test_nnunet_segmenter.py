@@ -169,3 +169,36 @@ def test_a_cell_trains_nnunet_end_to_end_through_bench_run(tmp_path, tiny_config
     for metric in ("dice", "jaccard", "accuracy", "sensitivity", "specificity"):
         assert np.isfinite(results[metric]).all(), metric
     assert not list((tmp_path / "tmp").glob("poisonbench-nnunet-*"))
+
+
+def test_runner_hands_a_case_wise_segmenter_slicesets_and_an_artifacts_folder(tmp_path, tiny_config, write_config):
+    """`Segmenter.needs_cases`: the runner calls fit_cases / predict_cases with the input channels, case ids and
+    geometry, no labels or poison flags, and binds the cell's artifacts folder under the output folder."""
+    from benchmark import Segmenter, register_segmenter
+
+    seen: dict = {}
+
+    class CaseWise(Segmenter):
+        """Records what it is handed; predicts the voxels above 0.5."""
+
+        needs_cases = True
+
+        def fit_cases(self, train, masks):
+            seen["train"], seen["masks"], seen["artifacts"] = train, masks, self.context.artifacts_dir
+
+        def predict_cases(self, data):
+            seen["val"] = data
+            return (data.images[:, 0] > 0.5).astype(np.uint8)
+
+    register_segmenter("test-case-wise")(CaseWise)
+    tiny_config["segmenters"] = [{"name": "test-case-wise"}]
+    tiny_config["attacks"] = [{"name": "noise", "rates": [0.5]}]
+    out = tmp_path / "results"
+    assert main(["run", str(write_config(tiny_config)), "--out", str(out), "--quiet"]) == 0
+    train, val = seen["train"], seen["val"]
+    assert train.channels == val.channels == ("t1ce",) and train.geometry is not None and val.geometry is not None
+    assert not train.labels.any() and not val.labels.any() and not train.poisoned.any()
+    assert seen["masks"].shape == (len(train), *train.shape) and seen["masks"].any()
+    assert len(set(train.cases) & set(val.cases)) == 0
+    key = pd.read_csv(out / "results.csv")["cell"].iloc[0]
+    assert seen["artifacts"] == out / "artifacts" / key
