@@ -5,20 +5,23 @@ Each chosen cell becomes a one-cell sweep (its resolved config), run with
 (CPU results are bit-identical only at equal thread counts); the entry is ``verified`` when every
 validation case of every re-run cell has the same case ids, every metric (Dice, Jaccard,
 accuracy, sensitivity, specificity) within the tolerance of the submitted one (absolute
-difference; default `DEFAULT_TOLERANCE`), and TP/FP/TN/FN within the tolerance as a
-fraction of the case's foreground (TP + FP + FN).
+difference; default `DEFAULT_TOLERANCE`), TP/FP/TN/FN within the tolerance as a
+fraction of the case's foreground (TP + FP + FN), and HD95, where the submission carries
+it, within the tolerance as a fraction of the re-run's HD95 (at least 1 mm), measured on
+the same cases (a case measured on one side only is a mismatch; unmeasured on both agrees).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import benchmark
-from benchmark import METRICS, BenchError, ResultStore, run_sweep, validate_config
+from benchmark import DISTANCE_METRICS, METRICS, BenchError, ResultStore, run_sweep, validate_config
 
 from .board import Board, Entry
 from .bundle import COUNT_COLUMNS, common_thread_count
@@ -33,14 +36,18 @@ def compare_cases(submitted: list[dict[str, Any]], rerun: list[dict[str, Any]]) 
     """Largest per-case differences between submitted and re-run results.
 
     Args:
-        submitted: the cell's ``cases`` (case id, every metric, ``tp fp tn fn``).
+        submitted: the cell's ``cases`` (case id, every metric, ``tp fp tn fn``; ``hd95`` in mm
+            or None where not measured).
         rerun: the same fields from the re-run.
 
     Returns:
         ``same_cases`` (bool), ``cases`` (count submitted) and ``max_abs_diff``: per metric the
         largest absolute difference, and under ``counts`` the largest TP/FP/TN/FN difference
         divided by the case's foreground (TP + FP + FN of the re-run, at least 1): the scale
-        of Dice and Jaccard, not of the background (None when no case is shared).
+        of Dice and Jaccard, not of the background (None when no case is shared). ``hd95``,
+        when the submitted cases carry it: the largest difference divided by the re-run's
+        HD95 (at least 1 mm); unmeasured on both sides counts as equal, measured on one side
+        only gives None (a mismatch).
     """
     mine = {str(c["case"]): c for c in submitted}
     theirs = {str(c["case"]): c for c in rerun}
@@ -48,12 +55,25 @@ def compare_cases(submitted: list[dict[str, Any]], rerun: list[dict[str, Any]]) 
     diffs: dict[str, float | None] = {}
     for metric in METRICS:
         diffs[metric] = max((abs(float(mine[c][metric]) - float(theirs[c][metric])) for c in shared), default=None)
+    for metric in DISTANCE_METRICS:
+        if any(metric in mine[c] for c in mine):  # bundles from before HD95 carry none: nothing to compare
+            per_case = [_distance_diff(mine[c].get(metric), theirs[c].get(metric)) for c in shared]
+            diffs[metric] = None if not per_case or None in per_case else max(per_case)
     fractions = []
     for case in shared:
         foreground = max(sum(int(theirs[case][k]) for k in ("tp", "fp", "fn")), 1)
         fractions.append(max(abs(int(mine[case][k]) - int(theirs[case][k])) for k in COUNT_COLUMNS) / foreground)
     diffs["counts"] = max(fractions, default=None)
     return {"same_cases": sorted(mine) == sorted(theirs), "cases": len(mine), "max_abs_diff": diffs}
+
+
+def _distance_diff(submitted: Any, rerun: Any) -> float | None:
+    """The difference of two distances (mm) as a fraction of the re-run's (at least 1 mm); 0 when neither
+    was measured (None or NaN), None when only one was."""
+    a, b = (None if v is None or math.isnan(float(v)) else float(v) for v in (submitted, rerun))
+    if a is None or b is None:
+        return 0.0 if a is None and b is None else None
+    return abs(a - b) / max(abs(b), 1.0)
 
 
 def cell_sweep(cell_config: dict[str, Any], device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
@@ -130,7 +150,8 @@ def verify_entry(
             with ResultStore(out / "results.sqlite") as store:
                 rerun = store.case_metrics()
                 rerun_environments.extend(store.runs()["environment"])
-            got = [{"case": str(r["case"]), **{k: r[k] for k in (*METRICS, *COUNT_COLUMNS)}} for _, r in rerun.iterrows()]
+            got = [{"case": str(r["case"]), **{k: r[k] for k in (*METRICS, *DISTANCE_METRICS, *COUNT_COLUMNS) if k in r}}
+                   for _, r in rerun.iterrows()]
             comparison = compare_cases(cell["cases"], got)
             diffs = comparison["max_abs_diff"]
             within = all(value is not None and value <= tolerance for value in diffs.values())
@@ -152,7 +173,7 @@ def verify_entry(
     record = {
         "status": "verified" if ok else "mismatch",
         "metric": "all",
-        "compared": [*METRICS, *COUNT_COLUMNS],
+        "compared": [*dict.fromkeys(k for o in outcomes for k in o["max_abs_diff"] if k != "counts"), *COUNT_COLUMNS],
         "tolerance": tolerance,
         "cells": outcomes,
         "device": device,

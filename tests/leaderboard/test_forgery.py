@@ -151,3 +151,72 @@ def test_verify_compares_every_metric_not_only_dice(bundle, helpers, tmp_path, m
 
     _fake_rerun(monkeypatch, helpers, bundle, other_counts)
     assert verify_entry(board, entry.entry_id, key)["status"] == "mismatch"
+
+
+def _with_hd95(bundle, helpers, unmeasured: int = 2) -> dict:
+    """``bundle`` with HD95 (mm) on every case but ``unmeasured`` per cell, aggregates recomputed: an honest export."""
+    b = copy.deepcopy(bundle)
+    for cell in b["cells"]:
+        for j, case in enumerate(cell["cases"]):
+            case["hd95"] = None if j < unmeasured else 3.0 + 2.5 * j + 20 * (1 - case["dice"])
+    return helpers.reseal(b, recompute_aggregates=True)
+
+
+def test_hd95_aggregates_are_recomputed_and_forged_ones_refused(bundle, helpers, tmp_path):
+    honest = _with_hd95(bundle, helpers)
+    assert honest["cells"][1]["aggregates"]["hd95"]["n"] == len(honest["cells"][1]["cases"]) - 2  # over the measured cases
+    Board(tmp_path / "board").add(helpers.dump(honest, tmp_path / "honest.json"))
+
+    forged = copy.deepcopy(honest)
+    forged["cells"][1]["aggregates"]["hd95"]["mean"] -= 1.5  # a better (lower) HD95 than its cases give
+    reasons = _refusals(helpers.reseal(forged), helpers, tmp_path, board=tmp_path / "b1")
+    assert reasons == [reasons[0]] and reasons[0].startswith("aggregate: cells/1/aggregates/hd95/mean is")
+
+    # nothing measured: the aggregate is null (both NaN agree), and a number claimed there is refused
+    unmeasured = _with_hd95(bundle, helpers, unmeasured=100)
+    assert unmeasured["cells"][0]["aggregates"]["hd95"] == {"mean": None, "std": None, "ci_low": None, "ci_high": None, "n": 0}
+    Board(tmp_path / "b2").add(helpers.dump(unmeasured, tmp_path / "none.json"))
+    claimed = copy.deepcopy(unmeasured)
+    claimed["cells"][0]["aggregates"]["hd95"]["mean"] = 4.0
+    reasons = _refusals(helpers.reseal(claimed), helpers, tmp_path, board=tmp_path / "b3")
+    assert any(r.startswith("aggregate: cells/0/aggregates/hd95/mean is 4.0") for r in reasons)
+
+    negative = copy.deepcopy(honest)
+    negative["cells"][2]["aggregates"]["hd95"]["ci_low"] = -1.0
+    reasons = _refusals(helpers.reseal(negative), helpers, tmp_path, board=tmp_path / "b4")
+    assert any(r.startswith("range: cells/2/aggregates/hd95/ci_low: -1.0 is not a distance") for r in reasons)
+
+
+def test_compare_cases_compares_hd95(bundle, helpers):
+    cases = _with_hd95(bundle, helpers)["cells"][0]["cases"]
+    assert compare_cases(cases, copy.deepcopy(cases))["max_abs_diff"]["hd95"] == 0  # unmeasured on both sides agrees
+    rerun = copy.deepcopy(cases)
+    rerun[3]["hd95"] = cases[3]["hd95"] + 2.0
+    assert compare_cases(cases, rerun)["max_abs_diff"]["hd95"] == pytest.approx(2.0 / rerun[3]["hd95"])
+    rerun = copy.deepcopy(cases)
+    rerun[0]["hd95"] = 5.0  # measured here, not in the submission
+    assert compare_cases(cases, rerun)["max_abs_diff"]["hd95"] is None
+    rerun = copy.deepcopy(cases)
+    rerun[4]["hd95"] = float("nan")  # submitted, not measured by the re-run
+    assert compare_cases(cases, rerun)["max_abs_diff"]["hd95"] is None
+    old = [{k: v for k, v in c.items() if k != "hd95"} for c in cases]  # a bundle from before HD95
+    assert "hd95" not in compare_cases(old, cases)["max_abs_diff"]
+
+
+def test_verify_compares_hd95(bundle, helpers, tmp_path, monkeypatch):
+    measured = _with_hd95(bundle, helpers)
+    board = Board(tmp_path / "board")
+    entry = board.add(helpers.dump(measured, tmp_path / "sub.json"))
+    key = measured["cells"][0]["key"]
+    _fake_rerun(monkeypatch, helpers, measured, lambda cases: cases)
+    record = verify_entry(board, entry.entry_id, key)
+    assert record["status"] == "verified" and "hd95" in record["compared"] and record["cells"][0]["max_abs_diff"]["hd95"] == 0
+
+    def other_hd95(cases):
+        cases[5]["hd95"] += 3.0  # every ratio and count identical, the boundary not
+        return cases
+
+    _fake_rerun(monkeypatch, helpers, measured, other_hd95)
+    record = verify_entry(board, entry.entry_id, key)
+    assert record["status"] == "mismatch" and record["cells"][0]["max_abs_diff"]["dice"] == 0
+    assert record["cells"][0]["max_abs_diff"]["hd95"] == pytest.approx(3.0 / (measured["cells"][0]["cases"][5]["hd95"] + 3.0))
