@@ -9,7 +9,10 @@
 # and slurmd, with proctrack/linuxproc and task/none so that no cgroup setup is needed
 # (containers and CI machines). Running it again while the cluster is up does nothing and
 # succeeds. It writes /etc/slurm/slurm.conf only when there is none or when it wrote the one
-# there (it marks its own); a cluster configured by someone else is left alone.
+# there (it marks its own); a cluster configured by someone else is left alone. It records
+# the daemons it starts (name and pid) in $STARTED, and `stop` ends only those, and only
+# while the pid still runs that daemon: daemons that were running before, or that someone
+# else started, are left alone.
 set -euo pipefail
 
 MARK="# written by poisonbench .ci/slurm-up.sh"
@@ -17,6 +20,8 @@ CONF=/etc/slurm/slurm.conf
 RUN=/run/slurm
 LOGS=/var/log/slurm
 STATE=/var/lib/slurm
+# the daemons this script started, one "name pid" a line (SLURM_UP_STARTED moves it, for tests)
+STARTED=${SLURM_UP_STARTED:-/run/poisonbench-slurm-up.started}
 
 say() { echo "slurm-up: $*" >&2; }
 
@@ -31,23 +36,40 @@ takes_jobs() {
     esac
 }
 
-stop_pidfile() {  # stop the daemon whose pid file is given, if it runs
-    local file=$1
-    [[ -f $file ]] || return 0
-    local pid
-    pid=$(cat "$file")
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-        kill "$pid"
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+start_recorded() {  # start daemon $1 (command ${@:3}) and record its pid once it writes its pid file $2 anew
+    local name=$1 file=$2 before pid=""
+    before=$(cat "$file" 2>/dev/null || true)
+    "${@:3}"
+    for _ in $(seq 50); do
+        pid=$(cat "$file" 2>/dev/null || true)
+        [[ -n $pid && $pid != "$before" ]] && break
+        pid=""
+        sleep 0.2
+    done
+    if [[ -n $pid ]]; then
+        echo "$name $pid" >>"$STARTED"
+    else
+        say "$name wrote no new pid to $file; 'stop' will not stop it"
     fi
-    rm -f "$file"
 }
 
-stop() {
-    stop_pidfile $RUN/slurmd.pid
-    stop_pidfile $RUN/slurmctld.pid
-    stop_pidfile /run/munge/munged.pid
-    say "stopped"
+stop() {  # stop the daemons this script started (the last started first), if their pids still run them
+    if [[ ! -f $STARTED ]]; then
+        say "nothing to stop: no daemon started by this script is recorded in $STARTED"
+        return
+    fi
+    local name pid
+    while read -r name pid; do
+        [[ -n $name && $pid =~ ^[0-9]+$ ]] || continue
+        if [[ $(cat "/proc/$pid/comm" 2>/dev/null) != "$name" ]]; then
+            say "$name (pid $pid) no longer runs; nothing to stop"
+            continue
+        fi
+        kill "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        say "stopped $name (pid $pid)"
+    done < <(tac "$STARTED")
+    rm -f "$STARTED"
 }
 
 install() {
@@ -72,7 +94,7 @@ start_munge() {
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge
     chmod 0755 /run/munge
-    runuser -u munge -- /usr/sbin/munged
+    start_recorded munged /run/munge/munged.pid runuser -u munge -- /usr/sbin/munged
     for _ in $(seq 50); do
         munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return
         sleep 0.2
@@ -139,8 +161,8 @@ start() {
     start_munge
     write_config
     mkdir -p $RUN $LOGS $STATE/slurmctld $STATE/slurmd
-    daemon_runs $RUN/slurmctld.pid || slurmctld
-    daemon_runs $RUN/slurmd.pid || slurmd
+    daemon_runs $RUN/slurmctld.pid || start_recorded slurmctld $RUN/slurmctld.pid slurmctld
+    daemon_runs $RUN/slurmd.pid || start_recorded slurmd $RUN/slurmd.pid slurmd
     local state=""
     for _ in $(seq 120); do
         state=$(node_state)

@@ -14,11 +14,16 @@ memory, its node lost) is recorded as a failed cell whose error is the scheduler
 and reason, after the tail of the job's error log; the next ``bench run`` runs it again.
 
 Job ids are kept per cell key in ``OUT/slurm-jobs.json`` until the cell's record is
-stored. ``bench run`` after an interrupted driver (Ctrl-C, a lost login node) first looks
-at those jobs: a finished one's record is collected without running the cell again, a
-queued or running one is waited for, and one that ended without a result is submitted
-again. Job states come from ``squeue``, which keeps finished jobs for ``MinJobAge``
-(300 s by default), then from ``sacct`` where the cluster keeps accounting.
+stored, and a shared fit's job under ``prepare:<key>`` until it ends. ``bench run`` after
+an interrupted driver (Ctrl-C, a lost login node) first looks at those jobs: a finished
+one's record is collected without running the cell again, a queued or running one
+(a generator still training included) is waited for, and one that ended without a result
+is submitted again. Job states come from ``squeue``, which keeps finished jobs for
+``MinJobAge`` (300 s by default), then from ``sacct`` where the cluster keeps accounting.
+Jobs submitted with the other ``cluster`` (the config changed between runs) are forgotten:
+their cells run again. A ``cluster: local`` job counts as running while its process
+(submitit's controller, started before the job was recorded) does: a process that now
+holds its id but started later, or runs another program, does not count.
 
 Cells whose attack shares a fit (a trained generator) wait for one job that builds it, as
 in the ``process`` executor (`CellQueue`), so a sweep trains each generator once.
@@ -153,6 +158,11 @@ class SlurmExecutor(Executor):
         logger.info("submitted %s job %s for %s %s", self.config.cluster, job.job_id, task.kind, task.key[:10])
         return job
 
+    @staticmethod
+    def _entry_key(task: Task) -> str:
+        """The task's key in ``slurm-jobs.json``: the cell's key, or ``prepare:<key>`` for a shared fit."""
+        return task.key if task.kind == CELL else f"{PREPARE}:{task.key}"
+
     def _rebuild(self, entry: dict[str, Any]) -> Any:
         """The submitit job of a persisted entry (submitted by an earlier run)."""
         job_class = self.submitit.LocalJob if entry["cluster"] == "local" else self.submitit.SlurmJob
@@ -186,31 +196,40 @@ class SlurmExecutor(Executor):
     def run(self, cells: list[Cell]) -> Iterator[CellRecord]:
         self._cells = {cell.key: cell for cell in cells}
         entries = self._load_entries()
+        for name, entry in list(entries.items()):  # the config changed cluster: this run cannot follow those jobs
+            if entry["cluster"] != self.config.cluster:
+                logger.warning("forgetting %s job %s (%s): this run uses cluster: %s, so its cell runs again",
+                               entry["cluster"], entry["job_id"], name[:18], self.config.cluster)
+                del entries[name]
         running: dict[Task, tuple[Any, float]] = {}  # task -> (job, submitted at)
-        earlier = {cell.key: entries[cell.key] for cell in cells if cell.key in entries}
-        states = scheduler_states([str(e["job_id"]) for e in earlier.values() if e["cluster"] == "slurm"])
-        for key, entry in earlier.items():  # jobs of an earlier, interrupted run: collect or wait for them
+        earlier = {task: entries[self._entry_key(task)] for cell in cells for task in (Task(PREPARE, cell.key), Task(CELL, cell.key))
+                   if self._entry_key(task) in entries}
+        states = scheduler_states([str(e["job_id"]) for e in earlier.values()]) if self.config.cluster == "slurm" else {}
+        for task, entry in earlier.items():  # jobs of an earlier, interrupted run: collect or wait for them
             job = self._rebuild(entry)
+            submitted_at = float(entry.get("submitted_at", time.time()))
             if _refreshed(job.paths.result_pickle).exists() or self._alive(job, entry, states):
-                running[Task(CELL, key)] = (job, float(entry.get("submitted_at", time.time())))
-                logger.info("picking up %s job %s of cell %s", entry["cluster"], entry["job_id"], key[:10])
+                running[task] = (job, submitted_at)
+                logger.info("picking up %s job %s of %s %s", entry["cluster"], entry["job_id"], task.kind, task.key[:10])
             else:
-                logger.info("job %s of cell %s ended without a result; submitting it again", entry["job_id"], key[:10])
-                del entries[key]
+                logger.info("job %s of %s %s ended without a result; submitting it again", entry["job_id"], task.kind, task.key[:10])
+                del entries[self._entry_key(task)]
         self._save_entries(entries)
-        picked_up = {task.key for task in running}
+        picked_up = {task.key for task in running if task.kind == CELL}
         queue = CellQueue([cell for cell in cells if cell.key not in picked_up])
+        fits_ended: set[Task] = set()  # shared fits picked up from an earlier run that ended before the queue got to them
         limit = self.config.workers or sys.maxsize
         asked_at = float("-inf")
         try:
             while len(queue) or running:
                 while len(running) < limit and (task := queue.next()) is not None:
+                    if task in running or task in fits_ended:  # an earlier run's fit: its cells wait for (or have) it
+                        continue
                     job = self._submit(task)
                     running[task] = (job, time.time())
-                    if task.kind == CELL:
-                        entries[task.key] = {"job_id": job.job_id, "cluster": self.config.cluster,
-                                             "folder": str(self.folder), "submitted_at": time.time()}
-                        self._save_entries(entries)
+                    entries[self._entry_key(task)] = {"job_id": job.job_id, "cluster": self.config.cluster,
+                                                      "folder": str(self.folder), "submitted_at": time.time()}
+                    self._save_entries(entries)
                 if not running:  # nothing runs, so nothing will release the tasks that wait
                     self.lost.extend(queue.remaining())
                     break
@@ -224,9 +243,13 @@ class SlurmExecutor(Executor):
                         continue
                     ended = True
                     del running[task]
-                    queue.ended(task)
-                    if task.kind == PREPARE:
+                    if task.kind == PREPARE:  # built or not, its cells run now (a failed fit is theirs to report)
+                        entries.pop(self._entry_key(task), None)
+                        self._save_entries(entries)
+                        fits_ended.add(task)
+                        queue.ended(task)
                         continue
+                    queue.ended(task)
                     if task.key in picked_up and outcome.status != FAILED:
                         self.collected.append(task.key)
                     yield outcome
@@ -236,7 +259,7 @@ class SlurmExecutor(Executor):
                 if not ended:
                     time.sleep(self.poll_s)
         finally:
-            still = [job.job_id for task, (job, _) in running.items() if task.kind == CELL]
+            still = [job.job_id for job, _ in running.values()]
             if still:  # the caller stopped early: the jobs go on, and the next run picks them up
                 logger.warning("%d job(s) still queued or running (%s); run bench again to collect them",
                                len(still), ", ".join(still))
@@ -245,24 +268,35 @@ class SlurmExecutor(Executor):
     def _alive(job: Any, entry: dict[str, Any], states: dict[str, tuple[str, str]] | None) -> bool:
         """Whether a persisted job may still produce a result (queued or running), given the scheduler's states."""
         if entry["cluster"] == "local":
-            return _local_running(job)
+            return _local_running(job, float(entry.get("submitted_at", time.time())))
         if states is None:  # no answer: wait for the job rather than run its cell twice
             return True
         return job.job_id in states and states[job.job_id][0] not in _ENDED
 
     def _outcome(self, task: Task, job: Any, submitted_at: float,
-                 states: dict[str, tuple[str, str]] | None) -> CellRecord | None:
-        """The record of a task whose job ended (a failed one when it left no result); None while it runs."""
+                 states: dict[str, tuple[str, str]] | None) -> CellRecord | bool | None:
+        """How a task's job ended; None while it runs.
+
+        Returns:
+            a cell's record (a failed one when its job left no result); for a shared fit,
+            True when it was built, else a failed record (already logged with its reason).
+        """
         if _refreshed(job.paths.result_pickle).exists():
             try:
                 result = job.result()
             except Exception as exc:  # the job's Python failed outside the cell (import, unpickling)
                 return self._failed(task, job, submitted_at, f"{type(exc).__name__}: {exc}")
-            if task.kind == CELL and isinstance(result, CellRecord):
+            if task.kind == PREPARE:
+                if result is True:
+                    logger.info("the shared fit of cell %s is built (job %s)", task.key[:10], job.job_id)
+                    return True
+                # prepare_cell keeps the exception at debug level: each cell that shares the fit reports it
+                return self._failed(task, job, submitted_at, "the fit raised an error; the cells that share it fit again and report it")
+            if isinstance(result, CellRecord):
                 return result
-            return self._failed(task, job, submitted_at, "")  # a prepare's result, or nothing usable
+            return self._failed(task, job, submitted_at, f"job {job.job_id} returned {type(result).__name__}, not a cell's record")
         if self.config.cluster == "local":
-            if _local_running(job):
+            if _local_running(job, submitted_at):
                 return None
             code = getattr(getattr(job, "_process", None), "returncode", None)
             reason = f"local job {job.job_id} ended without a result" + (f" (exit code {code})" if code is not None else "")
@@ -339,19 +373,44 @@ def _refreshed(path: Path) -> Path:
     return path
 
 
-def _local_running(job: Any) -> bool:
-    """Whether a job of submitit's local executor still runs (its controller process, when an earlier driver started it)."""
+#: Seconds a local job's process may seem to have started after the job was recorded
+#: (``/proc`` counts from the boot time in whole seconds, in clock ticks).
+_START_SLACK_S = 2.0
+
+
+def _local_running(job: Any, submitted_at: float) -> bool:
+    """Whether a job of submitit's local executor still runs.
+
+    Its controller process, when an earlier driver started it: a process with the job's id
+    (its pid) that is not a zombie, runs submitit's controller and started no later than
+    ``submitted_at``; a later process that reuses the pid is not the job. Where ``/proc``
+    cannot tell (not Linux), a live pid counts.
+    """
     process = getattr(job, "_process", None)
     if process is not None:
         return process.poll() is None
     try:
-        os.kill(int(job.job_id), 0)  # the controller outlives the driver that started it
+        pid = int(job.job_id)
+        os.kill(pid, 0)  # the controller outlives the driver that started it
     except (OSError, ValueError):
         return False
-    try:  # an ended child of this process that nobody reaped yet is a zombie, not a running job
-        return Path(f"/proc/{job.job_id}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        started_at = _boot_time() + int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in clock ticks
+    except (OSError, IndexError, ValueError):
         return True
+    if stat[0] == "Z":  # an ended child of this process that nobody reaped yet is a zombie, not a running job
+        return False
+    return b"submitit.local._local" in command and started_at <= submitted_at + _START_SLACK_S
+
+
+def _boot_time() -> float:
+    """When this machine booted (``btime`` of ``/proc/stat``), in seconds since the epoch."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise ValueError("/proc/stat has no btime line")
 
 
 def scheduler_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -309,3 +310,194 @@ def test_scancelled_job_is_recorded_failed_with_the_schedulers_reason_and_reruns
     assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
     rerun = _runs(out)
     assert rerun[victim][0] == "finished" and rerun[free] == runs[free]  # only the cancelled cell ran again
+
+
+# the driver's bookkeeping, with stand-in jobs (no processes, no cluster)
+
+
+class _FakeJob:
+    """A submitit job stand-in: it runs for ``polls`` looks at its process, then leaves ``value`` as its result."""
+
+    def __init__(self, folder: Path, job_id: str, value, polls: int = 0, events: list | None = None):
+        self.job_id, self.value, self.polls, self.events = job_id, value, polls, events
+        self.paths = SimpleNamespace(result_pickle=folder / f"{job_id}_result.pkl", stderr=folder / f"{job_id}_log.err")
+        self._process = SimpleNamespace(poll=self._poll, returncode=None)
+        if polls == 0:
+            self.paths.result_pickle.touch()
+
+    def _poll(self):
+        self.polls -= 1
+        if self.polls > 0:
+            return None
+        if not self.paths.result_pickle.exists():
+            self.paths.result_pickle.touch()
+            if self.events is not None:
+                self.events.append(f"job {self.job_id} ended")
+        return 0
+
+    def result(self):
+        return self.value
+
+
+class _Interrupted(Exception):
+    """The driver stopped (Ctrl-C) while its jobs run."""
+
+
+def _fake_executor(spec, executor_config, out: Path, jobs: dict, submitted: list, cells: list, fit_polls: int = 1000):
+    """A local-cluster executor whose jobs are `_FakeJob`s: fits build in ``fit_polls`` looks, cells finish at once."""
+    from benchmark.slurm_executor import SlurmExecutor
+    from benchmark.store import FINISHED, CellRecord
+
+    executor = SlurmExecutor(spec, executor_config, out, poll_s=0.001)
+    by_key = {cell.key: cell for cell in cells}
+
+    def submit(task):
+        submitted.append((task.kind, task.key))
+        job_id = str(1000 + len(jobs))
+        if task.kind == "prepare":
+            job = _FakeJob(out, job_id, True, polls=fit_polls, events=submitted)
+        else:
+            now = time.time()
+            job = _FakeJob(out, job_id, CellRecord(task.key, by_key[task.key].config(), FINISHED, now, now))
+        jobs[job_id] = job
+        return job
+
+    executor._submit = submit
+    executor._rebuild = lambda entry: jobs[str(entry["job_id"])]
+    return executor
+
+
+def _shared_fit_cells(tiny_config, tmp_path, cluster: str = "local"):
+    from benchmark.config import expand_cells
+
+    tiny_config["attacks"] = [{"name": "gan-synthetic", "rates": [0.25, 0.5]}]
+    tiny_config["executor"] = {"name": "slurm", "cluster": cluster, "threads": 1}
+    config = validate_config(tiny_config)
+    spec = WorkerSpec(config.resolved(), "cpu", str(tmp_path / "cache"), None, out_dir=str(tmp_path / "out"))
+    return spec, config, expand_cells(config, "toy", "test")
+
+
+@needs_submitit
+def test_shared_fit_job_is_persisted_and_waited_for_after_an_interrupted_driver(tiny_config, tmp_path, caplog):
+    from benchmark.executors import PREPARE
+
+    spec, config, cells = _shared_fit_cells(tiny_config, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs: dict = {}
+    first_submitted: list = []
+    first = _fake_executor(spec, config.executor, out, jobs, first_submitted, cells)
+
+    def interrupt(*args):
+        raise _Interrupted
+
+    first._outcome = interrupt
+    with pytest.raises(_Interrupted):
+        next(first.run(cells))
+    assert first_submitted == [(PREPARE, cells[0].key)]  # the generator trains; its cells wait
+    entries = json.loads((out / "slurm-jobs.json").read_text())
+    assert list(entries) == [f"prepare:{cells[0].key}"]
+
+    caplog.set_level("INFO", logger="benchmark.slurm_executor")
+    second_submitted: list = []
+    second = _fake_executor(spec, config.executor, out, jobs, second_submitted, cells)
+    jobs[entries[f"prepare:{cells[0].key}"]["job_id"]].polls = 3  # the old fit ends while the second driver waits
+    jobs[entries[f"prepare:{cells[0].key}"]["job_id"]].events = second_submitted
+    records = list(second.run(cells))
+    assert [r.status for r in records] == ["finished", "finished"]
+    fit_job = entries[f"prepare:{cells[0].key}"]["job_id"]
+    # no second fit: the cells were submitted once the first driver's fit had ended
+    assert second_submitted == [f"job {fit_job} ended", ("cell", cells[0].key), ("cell", cells[1].key)]
+    assert json.loads((out / "slurm-jobs.json").read_text()) == {}
+    assert "failed" not in caplog.text  # a built fit is no failure
+    assert f"picking up local job {fit_job} of prepare" in caplog.text
+
+
+@needs_submitit
+@pytest.mark.parametrize("built", [True, False])
+def test_a_built_shared_fit_is_no_failure_and_a_failed_one_says_why(built, tiny_config, tmp_path, caplog):
+    from benchmark.executors import PREPARE, Task
+
+    spec, config, cells = _shared_fit_cells(tiny_config, tmp_path)
+    executor = _fake_executor(spec, config.executor, tmp_path, {}, [], cells)
+    executor._cells = {cell.key: cell for cell in cells}
+    job = _FakeJob(tmp_path, "77", built)
+    caplog.set_level("INFO", logger="benchmark.slurm_executor")
+    outcome = executor._outcome(Task(PREPARE, cells[0].key), job, time.time(), {})
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if built:
+        assert outcome is True and warnings == []
+    else:
+        assert outcome.status == "failed"
+        assert warnings == [f"the shared fit of cell {cells[0].key[:10]} failed: the fit raised an error; "
+                            "the cells that share it fit again and report it"]
+
+
+@needs_submitit
+def test_jobs_of_the_other_cluster_are_forgotten_and_their_cells_run_again(tiny_config, tmp_path, monkeypatch):
+    from benchmark import slurm_executor
+
+    def no_scheduler(job_ids):
+        raise AssertionError(f"asked the scheduler about {job_ids} in a cluster: local run")
+
+    monkeypatch.setattr(slurm_executor, "scheduler_states", no_scheduler)
+    spec, config, cells = _shared_fit_cells(tiny_config, tmp_path)
+    cell = cells[1]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "slurm-jobs.json").write_text(json.dumps(
+        {cell.key: {"job_id": "4242", "cluster": "slurm", "folder": str(tmp_path / "slurm"), "submitted_at": time.time()}}
+    ))
+    submitted: list = []
+    executor = _fake_executor(spec, config.executor, out, {}, submitted, cells, fit_polls=1)
+    records = list(executor.run([cell]))
+    assert [(r.key, r.status) for r in records] == [(cell.key, "finished")]
+    assert submitted == [("cell", cell.key)] and executor.collected == []  # run again, not waited for
+    assert json.loads((out / "slurm-jobs.json").read_text()) == {}
+
+
+@needs_submitit
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times come from /proc (Linux)")
+def test_a_local_jobs_pid_held_by_a_later_or_other_process_is_not_the_job():
+    from benchmark.slurm_executor import _local_running
+
+    controller = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit.local._local"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        time.sleep(0.2)
+        recorded_later = time.time() + 1
+        assert _local_running(SimpleNamespace(job_id=str(controller.pid)), recorded_later)
+        # the job was recorded an hour ago: a process started now only reuses its pid
+        assert not _local_running(SimpleNamespace(job_id=str(controller.pid)), recorded_later - 3600)
+        assert not _local_running(SimpleNamespace(job_id=str(other.pid)), recorded_later)  # another program
+    finally:
+        for process in (controller, other):
+            process.kill()
+            process.wait()
+    assert not _local_running(SimpleNamespace(job_id=str(controller.pid)), time.time())  # ended
+
+
+# .ci/slurm-up.sh stop
+
+
+@pytest.mark.skipif(not Path("/proc/self/comm").exists() or shutil.which("tac") is None, reason="needs /proc and tac (Linux)")
+def test_slurm_up_stop_ends_only_the_daemons_it_recorded(tmp_path):
+    script = TESTS.parent / ".ci" / "slurm-up.sh"
+    recorded, reused, foreign = (subprocess.Popen(["sleep", "60"]) for _ in range(3))
+    started = tmp_path / "started"
+    # "sleep" stands for a daemon this script started; "slurmd" names a pid that now runs another program
+    started.write_text(f"sleep {recorded.pid}\nslurmd {reused.pid}\n")
+    env = {"PATH": "/usr/bin:/bin", "SLURM_UP_STARTED": str(started)}
+    try:
+        done = subprocess.run(["bash", str(script), "stop"], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        assert recorded.wait(timeout=10) is not None  # stopped
+        assert reused.poll() is None and foreign.poll() is None  # left alone
+        assert f"slurmd (pid {reused.pid}) no longer runs" in done.stderr
+        assert not started.exists()
+        again = subprocess.run(["bash", str(script), "stop"], capture_output=True, text=True, timeout=60, env=env)
+        assert again.returncode == 0 and "nothing to stop" in again.stderr
+    finally:
+        for process in (recorded, reused, foreign):
+            process.kill()
+            process.wait()
