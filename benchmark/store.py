@@ -11,8 +11,13 @@ Tables:
         package version, a short description, and when it was first and last run.
     study_cells: which cells each study planned (a cell may belong to several studies).
 
-Schema 1 databases (without the study tables) are migrated when opened; their cells
-belong to no recorded study, and `ResultStore.studies` groups them into derived ones.
+Older databases are migrated when opened, in one transaction that keeps every row:
+schema 1 (without the study tables), whose cells belong to no recorded study
+(`ResultStore.studies` groups them into derived ones), and schema 2 (without
+``case_metrics.hd95``), whose cases read HD95 as not measured. Schema 3 marks the
+``hd95`` column: a release that writes without it reads schema 2 at most and refuses a
+schema 3 file when it opens it, before it runs any cell, rather than losing a cell's
+results to a failed insert after training. A file of a newer schema is refused here alike.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from .metrics import METRICS
 
 __all__ = ["ResultStore", "CellRecord", "SCHEMA_VERSION", "STUDY_COLUMNS"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""1: runs and case metrics; 2: the study tables; 3: ``case_metrics.hd95``."""
 FINISHED, FAILED = "finished", "failed"
 
 _SCHEMA = """
@@ -116,16 +122,41 @@ class ResultStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, SCHEMA_VERSION):  # 1: no study tables yet; created below
-                raise BenchError(f"{self.path}: results database schema {version} is not supported (expected {SCHEMA_VERSION}).")
-            self._db.executescript(_SCHEMA)
-            if "hd95" not in {row[1] for row in self._db.execute("PRAGMA table_info(case_metrics)")}:
-                self._db.execute("ALTER TABLE case_metrics ADD COLUMN hd95 REAL")  # stored before HD95 was measured
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._check_version(version)
+            if version != SCHEMA_VERSION:
+                self._migrate()
         except sqlite3.DatabaseError as exc:
             raise BenchError(f"{self.path}: cannot open the results database: {exc}") from None
         except OSError as exc:
             raise BenchError(f"{self.path}: cannot create the output folder: {exc.strerror or exc}") from None
+
+    def _check_version(self, version: int) -> None:
+        """Refuse a schema this release cannot read (0: a new file; 1, 2: migrated by `_migrate`)."""
+        if version not in range(SCHEMA_VERSION + 1):
+            newer = " (written by a newer poisonbench: upgrade it, or choose another --out)" if version > SCHEMA_VERSION else ""
+            raise BenchError(f"{self.path}: results database schema {version} is not supported (expected {SCHEMA_VERSION} or older){newer}.")
+
+    def _migrate(self) -> None:
+        """Create what is missing and mark the file as `SCHEMA_VERSION`, in one transaction.
+
+        ``BEGIN IMMEDIATE`` makes a second process opening the file at the same time wait,
+        then find it migrated (the version is read again inside the transaction).
+        """
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            self._check_version(version)
+            if version == SCHEMA_VERSION:
+                return
+            for statement in _SCHEMA.split(";"):  # executescript would commit the transaction first
+                if statement.strip():
+                    db.execute(statement)
+            if "hd95" not in {row[1] for row in db.execute("PRAGMA table_info(case_metrics)")}:
+                try:
+                    db.execute("ALTER TABLE case_metrics ADD COLUMN hd95 REAL")  # cases stored before HD95 was measured
+                except sqlite3.OperationalError as exc:  # "duplicate column": another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _refuse_foreign_database(self) -> None:
         """An SQLite file with tables but no ``runs(cell_key)`` is someone else's: close it unchanged and refuse."""

@@ -10,7 +10,7 @@ import pytest
 from benchmark import METRICS, ResultStore, load_config
 from benchmark.analysis import SUMMARY_COLUMNS
 from benchmark.cli.main import main
-from benchmark.store import CellRecord
+from benchmark.store import SCHEMA_VERSION, CellRecord
 from benchmark.studies import study_config, study_key
 
 
@@ -83,7 +83,7 @@ def test_a_database_from_before_studies_opens_and_reports(tmp_path, capsys):
         assert len(studies) == 1 and not studies.iloc[0]["recorded"] and studies.iloc[0]["cells"] == 2
         assert len(store.runs()) == 2  # nothing lost
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert main(["report", "--out", str(tmp_path)]) == 0
     assert "stored without a study" in capsys.readouterr().out
     assert sorted(pd.read_csv(tmp_path / "summary.csv")["attack"]) == ["noise", "none"]
