@@ -165,6 +165,14 @@ def test_rebuilding_a_config_replaces_its_own_entry_only(bundle, helpers, tmp_pa
     assert (status, entry_id) == ("unchanged", first["paper-regime"].entry_id)
 
 
+def test_the_readme_names_every_reference_config_as_present():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The reference board", 1)[1].split("\n### ", 1)[0]
+    for path in reference_configs(REPO):
+        assert f"`{path}`" in section, path
+    assert "once it exists" not in section  # every reference config is in the checkout
+
+
 def test_remove_takes_an_entry_and_its_index_record(bundle, helpers, tmp_path):
     board = Board(tmp_path / "board")
     entry = board.add(helpers.dump(bundle, tmp_path / "s.json"))
