@@ -79,9 +79,10 @@ def test_sampling_follows_its_seed_and_its_source():
     np.testing.assert_allclose(first, ddim_translate(unet, source, config, seed=5, batch_size=1), atol=1e-5)
 
 
-def test_training_lowers_the_noise_loss():
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_training_lowers_the_noise_loss(prediction):
     data = toy_sliceset(cases=2, slices=4, size=16)
-    config = DiffusionConfig(epochs=40, batch_size=8, lr=3e-3, channels=(8, 16), crop=0, train_timesteps=100)
+    config = DiffusionConfig(epochs=40, batch_size=8, lr=3e-3, channels=(8, 16), crop=0, train_timesteps=100, prediction=prediction)
     history = DiffusionTrainer(config, "cpu", 0).fit(data.images[:, 4:5], data.images[:, 1:2])
     assert len(history.losses) == 40 and history.images == 40 * 8 and history.images_per_s > 0
     assert np.mean(history.losses[-10:]) < 0.7 * np.mean(history.losses[:5])
@@ -257,6 +258,7 @@ def test_a_missing_channel_is_a_config_error_naming_the_key(tmp_path, toy, param
         ({"channels": [2, 4]}, "channels"),
         ({"channels": [8, 16, 32], "crop": 30}, "multiple of 4"),
         ({"preset": "huge"}, "preset"),
+        ({"prediction": "x0"}, "prediction"),
     ],
 )
 def test_parameters_are_validated(params, message):
@@ -300,10 +302,11 @@ def test_a_case_is_sampled_once_per_model(fitted):
 
 
 # -------------------------------------------------------------------------- stealth
-def test_stealth_is_taken_on_the_denoised_estimate_of_late_rows():
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_stealth_is_taken_on_the_denoised_estimate_of_late_rows(prediction):
     from attacks.diffusion_synthetic import DATA_SCALE, STEALTH_MIN_ALPHA
 
-    config = DiffusionConfig(channels=(4, 8), train_timesteps=1000, stealth=True, lambda_stealth=2.0)
+    config = DiffusionConfig(channels=(4, 8), train_timesteps=1000, stealth=True, lambda_stealth=2.0, prediction=prediction)
     trainer = DiffusionTrainer(config, "cpu", 0)
     trainer.unet = _random_unet(config)
     seen = {}
@@ -325,7 +328,15 @@ def test_stealth_is_taken_on_the_denoised_estimate_of_late_rows():
     alpha = trainer.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     xt = trainer.scheduler.add_noise(target / DATA_SCALE, noise, t)
     with torch.no_grad():
-        eps = trainer.unet(torch.cat([xt, source / DATA_SCALE], dim=1), t)
+        out = trainer.unet(torch.cat([xt, source / DATA_SCALE], dim=1), t)
+    x0 = target / DATA_SCALE
+    if prediction == "v":  # the velocity sqrt(a)·noise − sqrt(1 − a)·x0, and the noise it implies
+        expected_loss = torch.nn.functional.mse_loss(out, alpha.sqrt() * noise - (1 - alpha).sqrt() * x0)
+        eps = alpha.sqrt() * out + (1 - alpha).sqrt() * xt
+    else:
+        expected_loss = torch.nn.functional.mse_loss(out, noise)
+        eps = out
+    torch.testing.assert_close(terms["noise"].detach(), expected_loss)
     late = alpha.flatten() >= STEALTH_MIN_ALPHA
     assert 0 < int(late.sum()) < len(target)  # the draw has rows on both sides
     bound = config.clip / DATA_SCALE
