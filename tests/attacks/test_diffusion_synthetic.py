@@ -391,3 +391,49 @@ def test_a_stealth_attack_fits_and_poisons(tmp_path, toy):
     assert np.isfinite([report["mae"], report["psnr"], report["ssim"]]).all()
     out = attack.poison(toy, 0.5, np.random.default_rng(0))
     assert len(out.poisoned_cases()) == 3 and np.isfinite(out.images).all()
+
+
+def test_attacks_csv_carries_the_quality_report(tmp_path, write_config, tiny_config):
+    import csv
+
+    from benchmark.cli import main
+
+    tiny_config["attacks"] = [{"name": "diffusion-synthetic", "rates": [0.5], **TINY, "channels": [4, 8]}]
+    out = tmp_path / "out"
+    assert main(["run", str(write_config(tiny_config)), "--out", str(out), "--quiet"]) == 0
+    with open(out / "attacks.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["attack"] == "diffusion-synthetic" and int(row["poisoned_cases"]) == 2
+    for key in ("mae", "psnr", "ssim", "rim_contrast_synthetic", "rim_contrast_real"):
+        assert np.isfinite(float(row[key])), key
+    assert float(row["rim_contrast_real"]) > 1.0  # real T1-Ce of synthetic-brats: the rim enhances
+
+
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_synthetic_target_is_normalised_over_the_data_sets_mask(tmp_path, toy, mode):
+    """On a data set with skull, z-scored over a brain it records, the sample is z-scored over that brain."""
+    from benchmark import ZSCORE
+
+    size = toy.shape[0]
+    yy, xx = np.mgrid[:size, :size] / size
+    brain = np.broadcast_to((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.1, toy.labels.shape).copy()
+    images = np.array(toy.images, copy=True)
+    for case in toy.cases:
+        rows = toy.case_ids == case
+        for c in range(images.shape[1]):
+            x = images[rows, c]
+            inside = x[brain[rows]]
+            images[rows, c] = np.where(x != 0, (x - inside.mean()) / inside.std(), 0.0)
+    data = toy.with_arrays(images=images, norm_masks=brain, normalisation=ZSCORE)
+    attack = _attack(tmp_path, mode=mode)
+    attack.fit(data, np.random.default_rng(0))
+    out = attack.poison(data, 0.5, np.random.default_rng(0))
+    t = CHANNELS.index("t1ce")
+    assert len(out.poisoned_cases()) == 3
+    for case in out.poisoned_cases():
+        rows = np.flatnonzero(out.case_ids == case)
+        real_rows = np.flatnonzero(data.case_ids == case.removesuffix("~syn"))
+        synthetic, real = out.images[rows, t], data.images[real_rows, t]
+        inside = data.norm_masks[real_rows]
+        assert abs(synthetic[inside].mean()) < 1e-4 and abs(synthetic[inside].std() - 1) < 1e-4
+        assert (synthetic[real == 0] == 0).all()
