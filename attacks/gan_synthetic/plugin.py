@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from benchmark import (
     CaseNormalisation,
@@ -157,6 +157,16 @@ class GanParams(PluginParams):
             raise ValueError(f"source and target must be different channels; '{self.target}' is both")
         return self
 
+    @model_serializer(mode="wrap")
+    def _omit_stealth_when_off(self, handler: Any) -> dict[str, Any]:
+        """Without stealth, the parameters dump as before the option existed: the cells and
+        generators of earlier configs keep their keys."""
+        data = handler(self)
+        if not self.stealth:
+            data.pop("stealth", None)
+            data.pop("lambda_stealth", None)
+        return data
+
     @property
     def sources(self) -> tuple[str, ...]:
         """The source channels as a tuple, whether one or several were given."""
@@ -218,9 +228,6 @@ class GanSyntheticAttack(IntensityAttack):
         params = self.params.model_dump(mode="json")
         params.pop("mode")  # replace and add share one generator
         params.pop("preset")  # the values it resolved to are in params: equal values, one generator
-        if not params["stealth"]:  # without stealth, generators trained before the option existed stay cached
-            params.pop("stealth")
-            params.pop("lambda_stealth")
         payload = {
             "version": GAN_VERSION,
             "dataset": self.context.dataset_fingerprint,
