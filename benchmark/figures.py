@@ -75,6 +75,12 @@ def _case_rows(case_ids: np.ndarray) -> dict[str, np.ndarray]:
     return {str(ids[i]): groups[i] for i in np.argsort(first)}
 
 
+def _brain_of_row(data: SliceSet, row: int) -> np.ndarray | None:
+    """The data set's normalisation mask (the brain) of one slice, or None when it records none."""
+    masks = data.norm_mask_rows(np.array([row]))
+    return None if masks is None else masks[0]
+
+
 def plot_attack_examples(
     clean: SliceSet, poisoned: SliceSet, path: Path, source: str | None = None, max_cases: int = 3, sources: Sequence[str] = (),
 ) -> Path:
@@ -141,9 +147,11 @@ def plot_attack_examples(
             ax = axes[row][col]
             if image is not None:
                 kwargs = {"vmin": limits[0], "vmax": limits[1]} if limits else {}
-                if limits is None:  # the source: scale to its head voxels, bone (CT) saturating
-                    values = image[image != 0] if (image != 0).any() else image.ravel()
-                    lo, hi = np.percentile(values, [1, 90])
+                if limits is None:  # the source: a window over the brain (a CT's bone saturates, its soft tissue shows)
+                    brain = _brain_of_row(clean, r)
+                    inside = image[brain] if brain is not None and brain.any() else image[image != 0]
+                    values = inside if inside.size else image.ravel()
+                    lo, hi = np.percentile(values, [1, 99])
                     kwargs = {"vmin": lo, "vmax": hi}
                 ax.imshow(image, cmap="gray", **kwargs)
             ax.set_title(f"{case}: {title}" if col == 0 else title, fontsize=8)
