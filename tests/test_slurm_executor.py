@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY_CONFIG
+from tiny_sweep import TINY_CONFIG
 from pydantic import Field
 
 from benchmark import PluginParams, Segmenter, register_segmenter, validate_config
