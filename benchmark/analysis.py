@@ -178,7 +178,8 @@ def plugin_labels(specs: Sequence[dict[str, Any]], kind: str | None = None) -> l
         name: {k for v in group.values() for k in v if k != "name" and len({_canonical(o.get(k)) for o in group.values()}) > 1}
         for name, group in variants.items()
     }
-    return [_format(str(s.get("name")), {k: s.get(k) for k in differing[str(s.get("name"))]}) for s in specs]
+    # a key a spec leaves out (an option it does not use, e.g. stealth off) is not part of its label
+    return [_format(str(s.get("name")), {k: s[k] for k in differing[str(s.get("name"))] if k in s}) for s in specs]
 
 
 _REGISTRIES = {"dataset": DATASETS, "segmenter": SEGMENTERS, "attack": ATTACKS, "defense": DEFENSES}

@@ -231,3 +231,13 @@ def test_clean_baseline_prefers_the_none_attack():
 def test_labels_show_only_the_parameters_that_differ():
     specs = [{"name": "spectral", "budget": 0.2, "bins": 8}, {"name": "spectral", "budget": 0.5, "bins": 8}, {"name": "mriqc", "q": "x"}]
     assert plugin_labels(specs) == ["spectral (budget=0.2)", "spectral (budget=0.5)", "mriqc"]
+
+
+def test_a_setting_that_leaves_an_option_out_is_labelled_without_it():
+    from benchmark.analysis import plugin_labels
+
+    labels = plugin_labels([
+        {"name": "gan-synthetic", "epochs": 6},
+        {"name": "gan-synthetic", "epochs": 6, "stealth": True, "lambda_stealth": 1.0},
+    ])
+    assert labels == ["gan-synthetic", "gan-synthetic (lambda_stealth=1.0, stealth=true)"]
