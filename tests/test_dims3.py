@@ -30,6 +30,7 @@ from benchmark.cli import main
 from benchmark.config import TaskConfig, cell_key
 from benchmark.environment import package_version
 from benchmark.runner import case_volumes, plan_sweep, run_cell, volume_slices
+from plugin_scope import user_plugin_names
 
 TINY_3D_SEGMENTER = {"name": "unet3d", "epochs": 2, "batch_size": 2, "patch_size": [4, 16, 16], "channels": [4, 8, 16], "num_res_units": 0}
 
@@ -257,7 +258,7 @@ def _run_in_both_dims(tiny_config, monkeypatch, attack: dict, defense: dict) -> 
     return {2: (images_2d, masks_2d), 3: (images_in, masks_in)}
 
 
-@pytest.mark.parametrize("name", [n for n in ATTACKS.names() if n != "none"])
+@pytest.mark.parametrize("name", [n for n in user_plugin_names("attacks") if n != "none"])
 def test_every_attack_hands_a_3d_segmenter_the_2d_cells_data(name, tiny_config, monkeypatch):
     """Attacks draw from the cell seed: the 3-D cell trains on the 2-D cell's poisoned slices, bit for bit."""
     trained = _run_in_both_dims(tiny_config, monkeypatch, {"name": name, "rates": [0.5], **_fast(ATTACKS, name)}, {"name": "none"})
@@ -265,7 +266,7 @@ def test_every_attack_hands_a_3d_segmenter_the_2d_cells_data(name, tiny_config, 
         np.testing.assert_array_equal(two, three)
 
 
-@pytest.mark.parametrize("name", [n for n in DEFENSES.names() if n != "none"])
+@pytest.mark.parametrize("name", [n for n in user_plugin_names("defenses") if n != "none"])
 def test_every_defense_gets_the_same_cases_in_3d(name, tiny_config, monkeypatch):
     """A defense of a 3-D cell is fitted and scored on the 2-D cell's cases (under other opaque ids: the view's
     shuffle, like the defense's own seed, follows the cell key), and the 3-D segmenter gets what it kept."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -31,19 +29,13 @@ from benchmark.catalog import REGISTRIES
 from benchmark.cli import main
 from benchmark.config import expand_cells
 from benchmark.runner import run_cell
+from plugin_scope import user_plugin_names
 
-TESTS = Path(__file__).resolve().parent
-
-
-def _test_double(kind: str, name: str) -> bool:
-    """A plugin defined by a module of this test suite (registered while tests were collected)."""
-    source = inspect.getsourcefile(REGISTRIES[kind].get(name))
-    return source is not None and Path(source).resolve().is_relative_to(TESTS)
 
 
 # every plugin a user could name: shipped, discovered through entry points, or imported
 # by a user's module; not the test doubles other test modules register at collection
-ALL = [(kind, name) for kind, registry in REGISTRIES.items() for name in registry.names() if not _test_double(kind, name)]
+ALL = [(kind, name) for kind in REGISTRIES for name in user_plugin_names(kind)]
 BASES = {"attacks": Attack, "defenses": Defense, "segmenters": Segmenter, "datasets": DatasetSource}
 NEEDS_ROOT = {"brats", "decathlon", "nnunet"}  # real-data readers have no default folder
 
