@@ -32,7 +32,7 @@ EXPORTS: dict[str, str] = {
          "plugin_labels", "seeds_note", "study_tables", "summary_table"],
         ".analysis",
     ),
-    "RECOVERY_MIN_DAMAGE": ".defense_effect", "defense_effect_frame": ".defense_effect",
+    "RECOVERY_MIN_DAMAGE": ".defense_tables", "defense_effect_frame": ".defense_tables",
     "summary_frame": ".report",
     "plot_dose_response": ".figures",
     # provenance

@@ -8,7 +8,7 @@ import pytest
 
 from benchmark import METRICS, ResultStore
 from benchmark.cli.main import main
-from benchmark.defense_effect import defense_effect_frame
+from benchmark.defense_tables import defense_effect_frame
 from benchmark.outputs import write_sweep_tables
 from benchmark.store import CellRecord
 

@@ -196,3 +196,11 @@ def test_an_added_copy_is_matched_to_its_case_by_content():
     assert original_case("c1", clean, poisoned) == "c1"
     stranger = added.with_arrays(images=rng.normal(size=(2, 2, 6, 6)).astype(np.float32), labels=np.full((2, 6, 6), 9, np.uint8))
     assert original_case("copy-17", clean, SliceSet.concatenate([clean, stranger])) is None
+
+
+def test_no_public_name_is_also_a_submodule_of_the_package():
+    """A submodule named like a public function would replace it on ``benchmark`` once imported."""
+    import pkgutil
+
+    submodules = {module.name for module in pkgutil.iter_modules(benchmark.__path__)}
+    assert set(sdk.__all__ + tools.__all__) & submodules <= {"environment"}  # bound eagerly in benchmark/__init__.py
