@@ -28,6 +28,7 @@ HD95 is lower-is-better, unlike the five ratios (`LOWER_IS_BETTER`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -121,10 +122,12 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float
     import torch
     from monai.metrics import compute_hausdorff_distance
 
-    distance = compute_hausdorff_distance(
-        torch.from_numpy(pred[None, None]), torch.from_numpy(truth[None, None]), include_background=True,
-        percentile=95, spacing=[float(d) for d in spacing],
-    )
+    with warnings.catch_warnings():  # MONAI warns of its own internal call (always_return_as_numpy), once per case
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        distance = compute_hausdorff_distance(
+            torch.from_numpy(pred[None, None]), torch.from_numpy(truth[None, None]), include_background=True,
+            percentile=95, spacing=[float(d) for d in spacing],
+        )
     return float(distance.reshape(-1)[0])
 
 
