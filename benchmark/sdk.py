@@ -19,7 +19,7 @@ from ._exports import lazy_attributes
 EXPORTS: dict[str, str] = {
     # plugin base classes, parameters and the context a plugin runs in
     **dict.fromkeys(
-        ["Plugin", "PluginParams", "RunContext", "Attack", "CaseAttack", "IntensityAttack", "Defense", "DefenseParams",
+        ["Plugin", "PluginParams", "RunContext", "Attack", "CaseAttack", "IntensityAttack", "GenerativeAttack", "Defense", "DefenseParams",
          "Segmenter", "DatasetSource", "select_cases", "poison_order"],
         ".plugins",
     ),

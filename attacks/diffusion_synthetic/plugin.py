@@ -37,7 +37,7 @@ from pydantic import Field, model_validator
 from benchmark import (
     CaseNormalisation,
     ConfigError,
-    IntensityAttack,
+    GenerativeAttack,
     PluginParams,
     SliceSet,
     artifact_dir,
@@ -45,7 +45,6 @@ from benchmark import (
     environment,
     image_quality,
     register_attack,
-    select_cases,
 )
 
 if TYPE_CHECKING:  # torch and MONAI are imported when the attack trains or samples
@@ -166,7 +165,7 @@ def training_environment(device: str) -> dict[str, Any]:
 
 
 @register_attack("diffusion-synthetic")
-class DiffusionSyntheticAttack(IntensityAttack):
+class DiffusionSyntheticAttack(GenerativeAttack):
     """Replace the target modality of whole cases with images of a conditional diffusion model (DDPM, DDIM sampling)."""
 
     Params = DiffusionParams
@@ -187,7 +186,7 @@ class DiffusionSyntheticAttack(IntensityAttack):
         self._train_stats: dict[str, Any] = {}
 
     # -- fitting --------------------------------------------------------------------
-    def _check_channels(self, data: SliceSet) -> None:
+    def check_channels(self, data: SliceSet) -> None:
         self.channel_of("target", data.channels)
         missing = [name for name in self.params.sources if name not in data.channels]
         if missing:
@@ -249,7 +248,7 @@ class DiffusionSyntheticAttack(IntensityAttack):
 
         from .training import DiffusionTrainer, build_unet
 
-        self._check_channels(pool)
+        self.check_channels(pool)
         cases = pool.cases
         n_hold = min(self.params.holdout_cases, len(cases) // 2)
         holdout = cases[len(cases) - n_hold :] if n_hold else []
@@ -332,35 +331,6 @@ class DiffusionSyntheticAttack(IntensityAttack):
         key = hashlib.sha256(self.model_key.encode() + self._case_digest(source)).hexdigest()
         folder = build_artifact(artifact_dir("diffusion-sample", key, root=self.context.cache_dir), write)
         return np.load(folder / SAMPLE_FILE)
-
-    def synthesise(self, data: SliceSet) -> np.ndarray:
-        """Synthetic target slices ``[N, H, W]`` of every case of ``data``, finished as real ones (`finish_case`)."""
-        target = data.channel_index(self.params.target)
-        out = np.empty((len(data), *data.shape), dtype=np.float32)
-        for case in data.cases:
-            rows = np.flatnonzero(data.case_ids == case)
-            images = np.asarray(data.images[rows], dtype=np.float32)
-            normalisation = CaseNormalisation(data.norm_mask_rows(rows), data.normalisation)
-            raw = self.alter_case(images, data.labels[rows], data.channels, None, normalisation)
-            out[rows] = self.finish_case(raw, images[:, target], normalisation)
-        return out
-
-    def poison(self, train: SliceSet, rate: float, rng: np.random.Generator) -> SliceSet:
-        self._check_channels(train)
-        if self.params.mode == "replace":
-            return super().poison(train, rate, rng)
-        chosen = select_cases(train, rate, rng)
-        if not chosen:
-            return train
-        copies = train.subset(chosen)
-        images = np.array(copies.images, dtype=np.float32, copy=True)
-        images[:, copies.channel_index(self.params.target)] = self.synthesise(copies)
-        synthetic = copies.with_arrays(
-            images=images,
-            case_ids=np.char.add(copies.case_ids.astype(str), "~syn"),
-            poisoned=np.ones(len(copies), dtype=bool),
-        )
-        return SliceSet.concatenate([train, synthetic])
 
     def report(self) -> dict[str, Any]:
         return {**self._quality, "generator_cached": bool(self.generator_cached), **self._train_stats}

@@ -40,7 +40,7 @@ from benchmark import (
     CaseNormalisation,
     ConfigError,
     NORMAL_BRAIN_MARGIN,
-    IntensityAttack,
+    GenerativeAttack,
     PluginParams,
     SliceSet,
     artifact_dir,
@@ -49,7 +49,6 @@ from benchmark import (
     image_quality,
     register_attack,
     rim_contrast,
-    select_cases,
 )
 
 if TYPE_CHECKING:  # torch and the networks are imported when the attack trains or poisons
@@ -188,7 +187,7 @@ def training_environment(device: str) -> dict[str, Any]:
 
 
 @register_attack("gan-synthetic")
-class GanSyntheticAttack(IntensityAttack):
+class GanSyntheticAttack(GenerativeAttack):
     """Replace the target modality of whole cases with GAN-synthesised images (arXiv 2502.03825)."""
 
     Params = GanParams
@@ -206,7 +205,7 @@ class GanSyntheticAttack(IntensityAttack):
         self._train_stats: dict[str, Any] = {}
 
     # -- fitting --------------------------------------------------------------------
-    def _check_channels(self, data: SliceSet) -> None:
+    def check_channels(self, data: SliceSet) -> None:
         self.channel_of("target", data.channels)
         missing = [name for name in self.params.sources if name not in data.channels]
         if missing:
@@ -270,7 +269,7 @@ class GanSyntheticAttack(IntensityAttack):
         from .networks import DomainGenerator
         from .training import GanTrainer
 
-        self._check_channels(pool)
+        self.check_channels(pool)
         cases = pool.cases
         n_hold = min(self.params.holdout_cases, len(cases) // 2)
         holdout = cases[len(cases) - n_hold :] if n_hold else []
@@ -326,35 +325,6 @@ class GanSyntheticAttack(IntensityAttack):
         from .training import translate
 
         return translate(self.generator, self._source(np.asarray(images), channels), self.context.device)
-
-    def synthesise(self, data: SliceSet) -> np.ndarray:
-        """Synthetic target slices ``[N, H, W]`` of every case of ``data``, finished as real ones (`finish_case`)."""
-        target = data.channel_index(self.params.target)
-        out = np.empty((len(data), *data.shape), dtype=np.float32)
-        for case in data.cases:
-            rows = np.flatnonzero(data.case_ids == case)
-            images = np.asarray(data.images[rows], dtype=np.float32)
-            normalisation = CaseNormalisation(data.norm_mask_rows(rows), data.normalisation)
-            raw = self.alter_case(images, data.labels[rows], data.channels, None, normalisation)
-            out[rows] = self.finish_case(raw, images[:, target], normalisation)
-        return out
-
-    def poison(self, train: SliceSet, rate: float, rng: np.random.Generator) -> SliceSet:
-        self._check_channels(train)
-        if self.params.mode == "replace":
-            return super().poison(train, rate, rng)
-        chosen = select_cases(train, rate, rng)
-        if not chosen:
-            return train
-        copies = train.subset(chosen)
-        images = np.array(copies.images, dtype=np.float32, copy=True)
-        images[:, copies.channel_index(self.params.target)] = self.synthesise(copies)
-        synthetic = copies.with_arrays(
-            images=images,
-            case_ids=np.char.add(copies.case_ids.astype(str), "~syn"),
-            poisoned=np.ones(len(copies), dtype=bool),
-        )
-        return SliceSet.concatenate([train, synthetic])
 
     def report(self) -> dict[str, Any]:
         return {**self._quality, "generator_cached": bool(self.generator_cached), **self._train_stats}
