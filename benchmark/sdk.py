@@ -50,7 +50,7 @@ EXPORTS: dict[str, str] = {
     "environment": ".environment",
     # the training loop torch segmenters share (imports torch)
     "fit_binary_segmentation": ".training", "predict_binary_segmentation": ".training",
-    **dict.fromkeys(["STEALTH_PARTS", "StealthEncoder", "StealthLoss", "quality_statistics", "radial_log_spectrum"], ".stealth"),
+    **dict.fromkeys(["STEALTH_PARTS", "StealthEncoder", "StealthLoss", "quality_statistics", "radial_log_spectrum", "stealth_reference"], ".stealth"),
 }
 
 __all__ = list(EXPORTS)

@@ -55,6 +55,7 @@ __all__ = [
     "StealthLoss",
     "quality_statistics",
     "radial_log_spectrum",
+    "stealth_reference",
 ]
 
 #: The parts of `StealthLoss`, in the order `StealthLoss.parts` returns them.
@@ -67,6 +68,21 @@ _EPS = 1e-6
 
 
 # --------------------------------------------------------------------------- masks
+
+def stealth_reference(target: np.ndarray, crop: int, seed: int) -> np.ndarray:
+    """The real target slices ``[N, 1, h, w]`` a trainer takes the stealth statistics from.
+
+    Whole slices, or with ``crop`` one random window of each (drawn from its own
+    generator, seeded by ``seed``, so the trainer's own draws stay as they are), since the
+    loss then sees crops.
+    """
+    h, w = target.shape[-2:]
+    if not 0 < crop < min(h, w):
+        return target
+    rng = np.random.default_rng(seed)
+    tops, lefts = rng.integers(0, h - crop + 1, len(target)), rng.integers(0, w - crop + 1, len(target))
+    return np.stack([t[:, y : y + crop, x : x + crop] for t, y, x in zip(target, tops, lefts)])
+
 def _erode(mask: torch.Tensor, iterations: torch.Tensor) -> torch.Tensor:
     """Binary erosion with the 4-neighbourhood (scipy's default), ``iterations[b]`` times for slice ``b``.
 

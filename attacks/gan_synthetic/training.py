@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from benchmark import StealthLoss
+from benchmark import StealthLoss, stealth_reference
 
 from .losses import lsgan_loss, sample_path_codes, shortest_path_loss
 from .networks import DomainGenerator, PatchDiscriminator
@@ -276,18 +276,8 @@ class GanTrainer:
         return history
 
     def _stealth_reference(self, target: np.ndarray) -> np.ndarray:
-        """The real target slices ``[N, 1, h, w]`` the stealth statistics are taken from.
-
-        Whole slices, or with ``crop`` one random window of each (drawn from its own
-        generator, so the training draws stay as they are), since the loss sees crops.
-        """
-        crop = self.config.crop
-        h, w = target.shape[-2:]
-        if not 0 < crop < min(h, w):
-            return target
-        rng = np.random.default_rng(self.seed)
-        tops, lefts = rng.integers(0, h - crop + 1, len(target)), rng.integers(0, w - crop + 1, len(target))
-        return np.stack([t[:, y : y + crop, x : x + crop] for t, y, x in zip(target, tops, lefts)])
+        """The real target slices the stealth statistics are taken from (`benchmark.stealth_reference`)."""
+        return stealth_reference(target, self.config.crop, self.seed)
 
 
 @torch.no_grad()
