@@ -5,6 +5,11 @@ Artifacts live under ``$POISONBENCH_CACHE`` (default: the per-user cache folder)
 when complete, so a crash never leaves a half-written artifact under its real name; a
 ``manifest.json`` records the SHA-256 and size of every file, and an artifact whose
 files do not match is reported and rebuilt, never loaded silently.
+
+A file written block by block (a data set's arrays, streamed case after case) may be
+recorded as the SHA-256 of each of its consecutive byte ranges instead (`BlockDigests`),
+computed while it is written: the builder then does not read a large file back whole
+after writing it, which would be a serial pass at the end of an otherwise parallel build.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from .sliceset import SliceSet, meta_from_json
 __all__ = [
     "CACHE_ENV", "SLICESET_FORMAT", "cache_root", "artifact_dir", "build_artifact", "load_sliceset", "save_sliceset",
     "save_geometry", "load_geometry",
-    "cached_sliceset", "sha256_file",
+    "cached_sliceset", "sha256_file", "BlockDigests", "FILE_DIGESTS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,9 +75,74 @@ def sample_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _file_entry(path: Path) -> dict[str, Any]:
-    entry: dict[str, Any] = {"sha256": sha256_file(path), "size": path.stat().st_size}
-    if entry["size"] > FULL_HASH_LIMIT:
+#: Key of the manifest fields a builder returns for files it digested itself (`BlockDigests.entry`).
+FILE_DIGESTS = "file_digests"
+
+
+class BlockDigests:
+    """SHA-256 of a file's consecutive byte ranges, taken from the bytes as they are written.
+
+    Record each range with `add` (in any order); `entry` gives the manifest entry, which
+    `build_artifact` accepts through `FILE_DIGESTS` when the ranges cover the file exactly.
+    """
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[int, int, str]] = []
+
+    def add(self, start: int, data: bytes | memoryview) -> None:
+        if len(data):
+            self.blocks.append((int(start), len(data), hashlib.sha256(data).hexdigest()))
+
+    def add_known(self, start: int, length: int, sha256: str) -> None:
+        """Record a range whose digest was taken elsewhere (by the process that produced the bytes)."""
+        if length:
+            self.blocks.append((int(start), int(length), sha256))
+
+    def entry(self) -> dict[str, Any]:
+        blocks = sorted(self.blocks)
+        return {"size": sum(length for _, length, _ in blocks), "blocks": [list(block) for block in blocks]}
+
+
+def _blocks_problem(path: Path, blocks: list) -> str | None:
+    """None when the recorded byte ranges cover ``path`` contiguously and each matches its SHA-256."""
+    position = 0
+    with open(path, "rb") as handle:
+        for start, length, digest in blocks:
+            if start != position:
+                return f"{path}: its manifest's byte ranges do not cover the file contiguously (gap at byte {position})"
+            handle.seek(start)
+            hasher = hashlib.sha256()
+            left = length
+            while left > 0:
+                chunk = handle.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                left -= len(chunk)
+            if left or hasher.hexdigest() != digest:
+                return f"{path} does not match its recorded SHA-256 of bytes {start}..{start + length}"
+            position = start + length
+    return None
+
+
+def _covers(blocks: list, size: int) -> bool:
+    """Whether byte ranges ``[start, length, digest]`` follow each other from 0 to ``size``."""
+    position = 0
+    for start, length, _ in blocks:
+        if start != position:
+            return False
+        position += length
+    return position == size and bool(blocks)
+
+
+def _file_entry(path: Path, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest entry of ``path``: its SHA-256 and size, or ``known`` block digests when they cover it."""
+    size = path.stat().st_size
+    if known is not None and _covers(known.get("blocks") or [], size):
+        entry: dict[str, Any] = {"size": size, "blocks": known["blocks"]}
+    else:
+        entry = {"sha256": sha256_file(path), "size": size}
+    if size > FULL_HASH_LIMIT:
         entry["sample_sha256"] = sample_sha256(path)
     return entry
 
@@ -94,6 +164,10 @@ def _verify(folder: Path) -> str | None:
         if "sample_sha256" in entry:
             if sample_sha256(path) != entry["sample_sha256"]:
                 return f"{path} does not match its recorded (sampled) SHA-256"
+        elif "blocks" in entry:
+            problem = _blocks_problem(path, entry["blocks"])
+            if problem is not None:
+                return problem
         elif sha256_file(path) != entry["sha256"]:
             return f"{path} does not match its recorded SHA-256"
     return None
@@ -102,8 +176,10 @@ def _verify(folder: Path) -> str | None:
 def build_artifact(folder: Path, write: Callable[[Path], dict[str, Any] | None]) -> Path:
     """Return a verified artifact folder, building it with ``write(tmp_folder)`` if needed.
 
-    ``write`` fills the temporary folder and may return extra manifest fields. A corrupt
-    existing artifact is reported and rebuilt.
+    ``write`` fills the temporary folder and may return extra manifest fields; under
+    `FILE_DIGESTS` it may give the entries of files it digested while writing them
+    (`BlockDigests.entry`), which are used, not recomputed, when they cover the file. A
+    corrupt existing artifact is reported and rebuilt.
     """
     if folder.exists():
         problem = _verify(folder)
@@ -117,8 +193,9 @@ def build_artifact(folder: Path, write: Callable[[Path], dict[str, Any] | None])
     except OSError as exc:
         raise BenchError(f"cannot write to the cache folder {folder.parent}: {exc.strerror or exc}") from None
     try:
-        extra = write(tmp) or {}
-        files = {p.name: _file_entry(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        extra = dict(write(tmp) or {})
+        known = extra.pop(FILE_DIGESTS, {})
+        files = {p.name: _file_entry(p, known.get(p.name)) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"files": files, **extra}, indent=1, sort_keys=True))
         try:
             os.replace(tmp, folder)

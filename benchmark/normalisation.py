@@ -64,9 +64,15 @@ class Normalisation:
         values = np.asarray(values, dtype=np.float64)
         if self.name == "identity" or not mask.any():
             return values.astype(np.float32)
-        inside = values[mask]
-        mean, std = inside.mean(), inside.std()
-        return ((values - mean) / (std if std > 0 else 1.0)).astype(np.float32)
+        shift, scale = self.affine_map(values[mask])
+        return ((values - shift) / scale).astype(np.float32)
+
+    def affine_map(self, inside: np.ndarray) -> tuple[float, float]:
+        """``(shift, scale)`` of the map ``(x - shift) / scale`` the rule applies, from the float64 values inside the mask."""
+        if self.name == "identity" or inside.size == 0:
+            return 0.0, 1.0
+        std = inside.std()
+        return inside.mean(), (std if std > 0 else 1.0)
 
 
 ZSCORE = Normalisation("zscore")

@@ -63,14 +63,27 @@ def to_common_labels(labels: np.ndarray, mapping: dict[int, int], where: str) ->
     Returns:
         uint8 array of the same shape.
     """
-    values = np.unique(labels)
-    unexpected = sorted(set(values.tolist()) - set(mapping))
+    unexpected = sorted(set(_values_present(labels)) - set(mapping))
     if unexpected:
         raise_data_error(where, f"unexpected label values {unexpected}; expected only {sorted(mapping)}")
     lookup = np.zeros(int(max(mapping)) + 1, dtype=np.uint8)
     for source, common in mapping.items():
         lookup[source] = common
     return lookup[labels.astype(np.int64)]
+
+
+def _values_present(labels: np.ndarray) -> list[int]:
+    """The distinct values of an integer label array.
+
+    A label volume holds a handful of values in a narrow range: one comparison pass per
+    value of that range is several times faster than sorting or hashing the volume.
+    """
+    if labels.size == 0:
+        return []
+    low, high = int(labels.min()), int(labels.max())
+    if high - low > 32:
+        return np.unique(labels).tolist()
+    return [value for value in range(low, high + 1) if (labels == value).any()]
 
 
 def raise_data_error(where: str, what: str) -> None:

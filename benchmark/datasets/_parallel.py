@@ -5,9 +5,12 @@ cropping and z-scoring slices) is CPU-bound numpy and zlib work that holds the G
 much of it: on the 2-core machine two threads read two BraTS-sized cases only 1.39x as
 fast as one thread. A pool of processes scales it instead. Each worker writes its case's large arrays as
 ``.npy`` files into a scratch folder and returns only their names (and any small values,
-such as a slice geometry); the caller maps them and appends them to the data set's
-memory-mapped cache in case order, so the cache is byte-for-byte what one process
-writes, and at most ``workers × READ_AHEAD`` cases wait on disk at any time.
+such as a slice geometry) with the SHA-256 of each file's data, taken while the bytes
+are still in the worker's cache; the caller maps them (`SpilledArray`) and appends them
+to the data set's memory-mapped cache in case order, so the cache is byte-for-byte what
+one process writes, and at most ``workers × READ_AHEAD`` cases wait on disk at any
+time. The appending process only copies bytes file to file: on 2 cores, a process that
+also hashed and copied every case through its own memory became the bottleneck.
 
 The workers come from a fork server where there is one (Linux, macOS): a clean process,
 started once, that imports the reader's module and forks each worker from itself. The
@@ -23,17 +26,18 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import hashlib
 import shutil
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["READ_AHEAD", "SPILL_BYTES", "CaseReads", "default_workers"]
+__all__ = ["READ_AHEAD", "SPILL_BYTES", "CaseReads", "SpilledArray", "default_workers"]
 
 Case = TypeVar("Case")
 
@@ -55,10 +59,26 @@ def default_workers() -> int:
 
 
 class _Spilled:
-    """An array a worker wrote to ``path`` (``.npy``) instead of returning it."""
+    """An array a worker wrote to ``path`` (``.npy``) instead of returning it, and the SHA-256 of its data."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, sha256: str):
+        self.path, self.sha256 = path, sha256
+
+
+class SpilledArray(NamedTuple):
+    """An array a reading process returned through a ``.npy`` file.
+
+    Attributes:
+        array: the data, memory-mapped read only (valid until the caller moves to the next case).
+        path: the file.
+        offset: the byte where the data starts in the file (after the ``.npy`` header).
+        sha256: SHA-256 of the ``array.nbytes`` data bytes.
+    """
+
+    array: np.ndarray
+    path: str
+    offset: int
+    sha256: str
 
 
 def _init_worker(reader: Callable[[Any], tuple[Any, ...]]) -> None:
@@ -73,8 +93,9 @@ def _read_one(position: int, case: Any, scratch: str) -> tuple[Any, ...]:
     for k, value in enumerate(_READER(case)):
         if isinstance(value, np.ndarray) and value.nbytes >= SPILL_BYTES:
             path = os.path.join(scratch, f"{position}-{k}.npy")
-            np.save(path, np.ascontiguousarray(value), allow_pickle=False)
-            value = _Spilled(path)
+            value = np.ascontiguousarray(value)
+            np.save(path, value, allow_pickle=False)
+            value = _Spilled(path, hashlib.sha256(memoryview(value).cast("B")).hexdigest())
         out.append(value)
     return tuple(out)
 
@@ -94,8 +115,9 @@ class CaseReads:
 
     With one worker (or one case) everything runs in this process, exactly as a plain loop.
     Otherwise ``read`` runs in a process pool; arrays it returns that are at least
-    `SPILL_BYTES` large come back memory-mapped (read only) from ``.npy`` files in
-    ``scratch``, each deleted once the caller has moved on to the next case. `close`
+    `SPILL_BYTES` large come back as `SpilledArray` (memory-mapped, read only, from
+    ``.npy`` files in ``scratch``, each deleted once the caller has moved on to the next
+    case). `close`
     (which the caller must reach, normally or on an error) cancels the cases not yet
     started, waits for the running ones and removes ``scratch``.
 
@@ -168,7 +190,12 @@ class CaseReads:
                 ) from None
             submit_next()  # keep the pool busy while the caller writes this case
             spilled = [value.path for value in result if isinstance(value, _Spilled)]
-            yield case, tuple(np.load(v.path, mmap_mode="r") if isinstance(v, _Spilled) else v for v in result)
+            yield case, tuple(_mapped(v) if isinstance(v, _Spilled) else v for v in result)
             for path in spilled:  # the caller has copied the arrays (an open mapping keeps its data alive)
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+
+
+def _mapped(spilled: _Spilled) -> SpilledArray:
+    array = np.load(spilled.path, mmap_mode="r", allow_pickle=False)
+    return SpilledArray(array, spilled.path, int(array.offset), spilled.sha256)

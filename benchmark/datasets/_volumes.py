@@ -27,19 +27,19 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, BinaryIO, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from ..cache import MANIFEST, artifact_dir, build_artifact, load_geometry, save_geometry
+from ..cache import FILE_DIGESTS, MANIFEST, BlockDigests, artifact_dir, build_artifact, load_geometry, save_geometry
 from ..errors import DataError, DataNotFoundError
 from ..geometry import SliceGeometry
 from ..normalisation import ZSCORE, normalisation_named
 from ..plugins import DatasetSource, PluginParams, RunContext
 from ..regions import to_common_labels
 from ..sliceset import SliceSet, meta_from_json
-from ._parallel import CaseReads, default_workers
+from ._parallel import CaseReads, SpilledArray, default_workers
 
 __all__ = [
     "READER_VERSION",
@@ -50,6 +50,7 @@ __all__ = [
     "normalise_channel",
     "read_nifti",
     "zscore_over",
+    "zscore_in_place",
     "brain_mask",
     "select_slices",
     "crop_or_pad",
@@ -178,6 +179,36 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
     return (np.asarray(image) != 0).any(axis=0)
 
 
+def _stack_slices(volumes: Sequence[np.ndarray], keep: np.ndarray, size: int | None) -> np.ndarray:
+    """The kept axial slices of each ``[X, Y, Z]`` volume, cropped or padded, as one float32 ``[S, C, H, W]`` array."""
+    images: np.ndarray | None = None
+    for c, volume in enumerate(volumes):
+        slices = crop_or_pad(np.moveaxis(volume[..., keep], -1, 0), size)  # [S, H, W], the stored dtype
+        if images is None:
+            images = np.empty((slices.shape[0], len(volumes), *slices.shape[1:]), dtype=np.float32)
+        images[:, c] = slices
+    assert images is not None, "a case has at least one channel"
+    return images
+
+
+def zscore_in_place(images: np.ndarray, mask: np.ndarray) -> None:
+    """`zscore_over` of a case's float32 ``[S, C, H, W]`` slices, written into them.
+
+    The same values as `zscore_over` (the map of `benchmark.normalisation.ZSCORE`, zero
+    outside the mask), computed over the voxels in ``mask`` alone: outside it every
+    channel already holds 0, since the mask is where any channel is non-zero (a float
+    source's -0.0 is made +0.0 when it is read, as `zscore_over` writes it).
+    """
+    if not mask.any():
+        images[...] = 0
+        return
+    for c in range(images.shape[1]):
+        channel = images[:, c]
+        inside = channel[mask].astype(np.float64)
+        shift, scale = ZSCORE.affine_map(inside)
+        channel[mask] = ((inside - shift) / scale).astype(np.float32)
+
+
 def zscore_over(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Z-score each channel over ``mask``; voxels outside it become 0.
 
@@ -270,7 +301,9 @@ class StreamingArray:
     """A ``.npy`` file filled block after block along its first axis, without knowing N in advance.
 
     The header is written with room to spare and rewritten with the final shape on close,
-    so the result is an ordinary ``.npy`` that ``np.load(mmap_mode="r")`` maps.
+    so the result is an ordinary ``.npy`` that ``np.load(mmap_mode="r")`` maps. Each
+    block's SHA-256 is taken as it is written (``digests``), so the cache does not read
+    the file back to record it.
     """
 
     _HEADER = 256  # bytes, a multiple of 64; room for any 4-D shape
@@ -280,6 +313,7 @@ class StreamingArray:
         self.dtype = np.dtype(dtype)
         self.tail = tuple(int(t) for t in tail)
         self.rows = 0
+        self.digests = BlockDigests()
         self._file = open(path, "wb")
         self._file.write(self._header(0))
 
@@ -292,17 +326,64 @@ class StreamingArray:
         text = text + " " * (room - len(text)) + "\n"
         return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
-    def append(self, block: np.ndarray) -> None:
-        if tuple(block.shape[1:]) != self.tail:
-            raise DataError(f"{self.path.name}: block of shape {block.shape} does not continue {self.tail}.")
-        # written from the array's own buffer: a memory-mapped block is not copied first
-        self._file.write(memoryview(np.ascontiguousarray(block, dtype=self.dtype)).cast("B"))
-        self.rows += len(block)
+    def append(self, block: np.ndarray | SpilledArray) -> None:
+        """Add rows: an array, or one a reading process wrote to a file (copied file to file, its digest reused)."""
+        array = block.array if isinstance(block, SpilledArray) else block
+        if tuple(array.shape[1:]) != self.tail:
+            raise DataError(f"{self.path.name}: block of shape {array.shape} does not continue {self.tail}.")
+        start = self._HEADER + self.rows * self._row_bytes
+        if isinstance(block, SpilledArray) and array.dtype == self.dtype and array.flags.c_contiguous:
+            self._file.flush()
+            with open(block.path, "rb") as source:
+                copy_bytes(source, self._file, block.offset, start, array.nbytes)
+            self._file.seek(start + array.nbytes)
+            self.digests.add_known(start, array.nbytes, block.sha256)
+        else:
+            # written from the array's own buffer: a memory-mapped block is not copied first
+            data = memoryview(np.ascontiguousarray(array, dtype=self.dtype)).cast("B")
+            self.digests.add(start, data)
+            self._file.write(data)
+        self.rows += len(array)
+
+    @property
+    def _row_bytes(self) -> int:
+        return int(np.prod(self.tail, dtype=np.int64)) * self.dtype.itemsize
 
     def close(self) -> None:
+        header = self._header(self.rows)
         self._file.seek(0)
-        self._file.write(self._header(self.rows))
+        self._file.write(header)
         self._file.close()
+        self.digests.add(0, header)
+
+
+def copy_bytes(source: BinaryIO, target: BinaryIO, source_start: int, target_start: int, length: int) -> None:
+    """Copy ``length`` bytes of one open file into another at the given positions.
+
+    In the kernel (``copy_file_range``) where the system offers it, so the bytes never
+    pass through this process; otherwise through a buffer.
+    """
+    copied = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while copied < length:
+                done = os.copy_file_range(
+                    source.fileno(), target.fileno(), length - copied, source_start + copied, target_start + copied
+                )
+                if done == 0:
+                    break
+                copied += done
+        except OSError:  # not between these file systems, or not on this one: copy through a buffer
+            pass
+    source.seek(source_start + copied)
+    target.seek(target_start + copied)
+    while copied < length:
+        chunk = source.read(min(length - copied, 1 << 22))
+        if not chunk:
+            raise DataError(f"{getattr(source, 'name', 'a scratch file')}: ended {length - copied} bytes early while being copied.")
+        target.write(chunk)
+        copied += len(chunk)
+    target.flush()
 
 
 def load_mapped_sliceset(folder: Path) -> SliceSet:
@@ -467,23 +548,30 @@ class VolumeSource(DatasetSource):
                     f"{path}: affine differs from that of the segmentation {case.label.name} by {gap:.4g} "  # type: ignore[union-attr]
                     f"(tolerance {p.affine_tolerance}); the files of case {case.case_id} are not co-registered."
                 )
-            data = np.asarray(data, dtype=np.float32)
-            if not np.isfinite(data).all():
-                bad = int((~np.isfinite(data)).sum())
-                raise DataError(f"{path}: {channel} image of case {case.case_id} has {bad} NaN or infinite voxels.")
+            # integers stay as stored until the kept slices are cast: every one is finite,
+            # and non-zero exactly where its float32 value is
+            if not np.issubdtype(data.dtype, np.integer):
+                data = np.asarray(data, dtype=np.float32)
+                if not np.isfinite(data).all():
+                    bad = int((~np.isfinite(data)).sum())
+                    raise DataError(f"{path}: {channel} image of case {case.case_id} has {bad} NaN or infinite voxels.")
+                if p.normalize:
+                    data = data + np.float32(0.0)  # -0.0 becomes +0.0: the z-score writes +0.0 outside the brain
             volumes.append(data)
         del files
-        image = np.stack(volumes)  # [C, X, Y, Z]
-        brain = (image != 0).any(axis=(0, 1, 2))
+        brain = np.zeros(label_raw.shape[2], dtype=bool)
+        for data in volumes:
+            brain |= (data != 0).any(axis=(0, 1))
         tumour = (labels > 0).any(axis=(0, 1))
         keep = select_slices(brain, tumour, p.slices, p.other_fraction)
-        images = crop_or_pad(np.moveaxis(image[..., keep], -1, 0), p.size)  # [S, C, H, W]
+        images = _stack_slices(volumes, keep, p.size)  # [S, C, H, W]
+        del volumes
         masks = crop_or_pad(np.moveaxis(labels[..., keep], -1, 0), p.size).astype(np.uint8)
         head = brain_mask(np.moveaxis(images, 1, 0))  # [S, H, W]
         if p.normalize:
-            images = np.moveaxis(zscore_over(np.moveaxis(images, 1, 0), head), 0, 1)
+            zscore_in_place(images, head)
         geometry = SliceGeometry.for_case(label_affine @ crop_shift(label_raw.shape, p.size), keep)
-        return images.astype(np.float32, copy=False), masks, head, geometry
+        return images, masks, head, geometry
 
     def _build(self, tmp: Path) -> dict[str, Any]:
         cases, channels = self.plan()
@@ -499,23 +587,24 @@ class VolumeSource(DatasetSource):
         try:
             for case, read in self.context.track(reads, f"reading {self.name}", total=len(cases)):
                 images, labels, brain, geometry = read
-                if len(images) == 0:
+                case_images = images.array if isinstance(images, SpilledArray) else images
+                if len(case_images) == 0:
                     warnings.warn(f"case {case.case_id}: no slice selected (slices: {self.params.slices}); the case is left out.", stacklevel=2)
                     continue
                 if shape is None:
-                    shape, first_case = images.shape[2:], case.case_id
+                    shape, first_case = case_images.shape[2:], case.case_id
                     images_out = StreamingArray(tmp / "images.npy", np.float32, (len(channels), *shape))
                     labels_out = StreamingArray(tmp / "labels.npy", np.uint8, shape)
                     masks_out = StreamingArray(tmp / "norm_masks.npy", np.bool_, shape)
-                elif images.shape[2:] != shape:
+                elif case_images.shape[2:] != shape:
                     raise DataError(
-                        f"case {case.case_id}: slices are {list(images.shape[2:])} but case {first_case} has {list(shape)}; "
+                        f"case {case.case_id}: slices are {list(case_images.shape[2:])} but case {first_case} has {list(shape)}; "
                         "set 'size' to crop/pad every case to one in-plane size."
                     )
                 images_out.append(images)  # type: ignore[union-attr]
                 labels_out.append(labels)  # type: ignore[union-attr]
                 masks_out.append(brain)  # type: ignore[union-attr]
-                case_ids.extend([case.case_id] * len(images))
+                case_ids.extend([case.case_id] * len(case_images))
                 geometries.append(geometry)
         finally:
             reads.close()
@@ -529,7 +618,11 @@ class VolumeSource(DatasetSource):
         if not self.params.normalize:  # normalised elsewhere: the rule and its mask are unknown
             (tmp / "norm_masks.npy").unlink()
         normalisation = ZSCORE.name if self.params.normalize else None
-        return {"channels": list(channels), "meta": self.source_meta(), "root": str(self.root), "normalisation": normalisation}
+        digests = {out.path.name: out.digests.entry() for out in (images_out, labels_out, masks_out) if out is not None}
+        return {
+            "channels": list(channels), "meta": self.source_meta(), "root": str(self.root), "normalisation": normalisation,
+            FILE_DIGESTS: digests,
+        }
 
 
 class _CaseReader:
