@@ -66,10 +66,12 @@ def to_common_labels(labels: np.ndarray, mapping: dict[int, int], where: str) ->
     unexpected = sorted(set(_values_present(labels)) - set(mapping))
     if unexpected:
         raise_data_error(where, f"unexpected label values {unexpected}; expected only {sorted(mapping)}")
-    lookup = np.zeros(int(max(mapping)) + 1, dtype=np.uint8)
+    # every value present is a key: a value kept as it is needs no pass of its own
+    out = labels.astype(np.uint8)
     for source, common in mapping.items():
-        lookup[source] = common
-    return lookup[labels.astype(np.int64)]
+        if source != common:
+            out[labels == source] = common
+    return out
 
 
 def _values_present(labels: np.ndarray) -> list[int]:

@@ -12,6 +12,13 @@ one process writes, and at most ``workers × READ_AHEAD`` cases wait on disk at 
 time. The appending process only copies bytes file to file: on 2 cores, a process that
 also hashed and copied every case through its own memory became the bottleneck.
 
+The scratch files live in shared memory (``/dev/shm``) where it has room, so a case's
+bytes are written to disk once (into the cache) rather than twice: with BraTS-sized
+cases the second write kept the disk's write-back busy enough to cancel the second
+core. A worker that finds shared memory full writes to the scratch folder inside the
+artifact instead. A folder left in shared memory by a driver that was killed is removed
+by the next build.
+
 The workers come from a fork server where there is one (Linux, macOS): a clean process,
 started once, that imports the reader's module and forks each worker from itself. The
 driver is not forked: it already runs threads (torch's and OpenMP's pools, the progress
@@ -24,10 +31,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import multiprocessing
 import os
+import platform
 import hashlib
 import shutil
+import tempfile
 from collections import deque
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -45,6 +55,10 @@ Case = TypeVar("Case")
 READ_AHEAD = 2
 #: Arrays at least this large travel through the scratch folder, smaller ones are pickled.
 SPILL_BYTES = 1 << 16
+#: Shared memory, where scratch files go when it has `SHARED_MEMORY_ROOM` free.
+SHARED_MEMORY = Path("/dev/shm")
+SHARED_MEMORY_ROOM = 1 << 30
+_SHARED_PREFIX = "poisonbench-cases-"
 
 # the reader of this worker process (set by the pool's initializer)
 _READER: Callable[[Any], tuple[Any, ...]] | None = None
@@ -84,20 +98,99 @@ class SpilledArray(NamedTuple):
 def _init_worker(reader: Callable[[Any], tuple[Any, ...]]) -> None:
     global _READER
     _READER = reader
+    _keep_freed_blocks(True)  # for the life of this reading process
 
 
-def _read_one(position: int, case: Any, scratch: str) -> tuple[Any, ...]:
-    """Read ``case`` with this worker's reader; large arrays go to ``scratch`` as ``.npy`` files."""
+# glibc's mallopt parameters and their defaults
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD = -1, -3, 128 * 1024
+#: Blocks up to this size are taken from (and freed to) the heap while cases are read.
+_READING_MMAP_THRESHOLD = 1 << 30
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (which has ``mallopt``), else None."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _keep_freed_blocks(keep: bool) -> None:
+    """Let freed large arrays stay in the heap for the next case (``keep``), or restore glibc's defaults.
+
+    Reading a case allocates and frees a few hundred MB of arrays. By default glibc maps
+    each block over 32 MB afresh and unmaps it when freed, so every case pays the kernel
+    to fault in and zero its pages again: about a quarter of a BraTS case's CPU time.
+    Elsewhere than glibc nothing changes.
+    """
+    libc = _glibc()
+    if libc is None:
+        return
+    if keep:
+        libc.mallopt(_M_MMAP_THRESHOLD, _READING_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    else:
+        libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+        libc.malloc_trim(0)  # what the reading kept goes back to the system
+
+
+def _read_one(position: int, case: Any, scratch: Sequence[str]) -> tuple[Any, ...]:
+    """Read ``case`` with this worker's reader; large arrays go to the first ``scratch`` folder with room, as ``.npy`` files."""
     assert _READER is not None, "worker started without a reader"
     out = []
     for k, value in enumerate(_READER(case)):
         if isinstance(value, np.ndarray) and value.nbytes >= SPILL_BYTES:
-            path = os.path.join(scratch, f"{position}-{k}.npy")
             value = np.ascontiguousarray(value)
-            np.save(path, value, allow_pickle=False)
+            path = _save(value, [os.path.join(folder, f"{position}-{k}.npy") for folder in scratch])
             value = _Spilled(path, hashlib.sha256(memoryview(value).cast("B")).hexdigest())
         out.append(value)
     return tuple(out)
+
+
+def _save(array: np.ndarray, paths: Sequence[str]) -> str:
+    """Save ``array`` at the first of ``paths`` whose file system has room; the path used."""
+    for path in paths[:-1]:
+        try:
+            np.save(path, array, allow_pickle=False)
+            return path
+        except OSError:  # full (or gone): the next folder
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    np.save(paths[-1], array, allow_pickle=False)
+    return paths[-1]
+
+
+def _shared_scratch() -> Path | None:
+    """A new scratch folder in shared memory, or None where there is none with room.
+
+    Folders of drivers that no longer run (killed before they could clean up) are removed first.
+    """
+    try:
+        if not SHARED_MEMORY.is_dir() or not os.access(SHARED_MEMORY, os.W_OK):
+            return None
+        for stale in SHARED_MEMORY.glob(f"{_SHARED_PREFIX}*"):
+            owner = stale.name[len(_SHARED_PREFIX) :].split("-")[0]
+            if owner.isdigit() and not _alive(int(owner)):
+                shutil.rmtree(stale, ignore_errors=True)
+        if shutil.disk_usage(SHARED_MEMORY).free < SHARED_MEMORY_ROOM:
+            return None
+        return Path(tempfile.mkdtemp(prefix=f"{_SHARED_PREFIX}{os.getpid()}-", dir=SHARED_MEMORY))
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _context(read: Callable[..., Any]) -> multiprocessing.context.BaseContext:
@@ -116,10 +209,10 @@ class CaseReads:
     With one worker (or one case) everything runs in this process, exactly as a plain loop.
     Otherwise ``read`` runs in a process pool; arrays it returns that are at least
     `SPILL_BYTES` large come back as `SpilledArray` (memory-mapped, read only, from
-    ``.npy`` files in ``scratch``, each deleted once the caller has moved on to the next
-    case). `close`
-    (which the caller must reach, normally or on an error) cancels the cases not yet
-    started, waits for the running ones and removes ``scratch``.
+    ``.npy`` files in shared memory, or in ``scratch`` where that is full, each deleted
+    once the caller has moved on to the next case). `close` (which the caller must reach,
+    normally or on an error) cancels the cases not yet started, waits for the running
+    ones and removes the scratch folders.
 
     Args:
         read: reads one case; must be picklable (a module-level function or class instance).
@@ -128,7 +221,8 @@ class CaseReads:
         cases: the cases, in the order they are handed back.
         workers: processes reading at once (>= 1; at most one per case is started; one, in
             this process, inside a daemonic process, which may not have children).
-        scratch: a folder that may be created and removed (inside the artifact being built).
+        scratch: a folder that may be created and removed (inside the artifact being built):
+            where scratch files go when shared memory has no room.
         describe: names a case in the error raised when a worker process dies.
     """
 
@@ -145,16 +239,22 @@ class CaseReads:
         if multiprocessing.current_process().daemon:  # a daemonic process may not start children: read here
             self.workers = 1
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._shared: Path | None = None
 
     def __len__(self) -> int:
         return len(self.cases)
 
     def __iter__(self) -> Iterator[tuple[Case, tuple[Any, ...]]]:
         if self.workers == 1:
-            for case in self.cases:
-                yield case, self.read(case)
+            _keep_freed_blocks(True)
+            try:
+                for case in self.cases:
+                    yield case, self.read(case)
+            finally:
+                _keep_freed_blocks(False)
             return
         self.scratch.mkdir(parents=True, exist_ok=True)
+        self._shared = _shared_scratch()
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers, mp_context=_context(self.read), initializer=_init_worker, initargs=(self.read,)
         )
@@ -165,12 +265,15 @@ class CaseReads:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        for folder in (self._shared, self.scratch):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._shared = None
 
     def _ordered(self, pool: concurrent.futures.ProcessPoolExecutor, ahead: int) -> Iterator[tuple[Case, tuple[Any, ...]]]:
         pending: deque[tuple[Case, concurrent.futures.Future]] = deque()
         upcoming = iter(enumerate(self.cases))
-        scratch = str(self.scratch)
+        scratch = [str(folder) for folder in (self._shared, self.scratch) if folder is not None]
 
         def submit_next() -> None:
             for position, case in upcoming:

@@ -180,15 +180,32 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
 
 
 def _stack_slices(volumes: Sequence[np.ndarray], keep: np.ndarray, size: int | None) -> np.ndarray:
-    """The kept axial slices of each ``[X, Y, Z]`` volume, cropped or padded, as one float32 ``[S, C, H, W]`` array."""
-    images: np.ndarray | None = None
+    """The kept axial slices of each ``[X, Y, Z]`` volume, cropped or padded, as one float32 ``[S, C, H, W]`` array.
+
+    Slice by slice, each cast as it is copied: the same values as `crop_or_pad` of the
+    gathered slices, without a gathered copy of every volume on the way.
+    """
+    shape = volumes[0].shape[:2]
+    windows = [_crop_window(n, size) for n in shape]  # (source slice, target slice) per axis
+    height, width = (n if size is None else size for n in shape)
+    padded = size is not None and any(n < size for n in shape)
+    images = (np.zeros if padded else np.empty)((len(keep), len(volumes), height, width), dtype=np.float32)
+    (source_x, target_x), (source_y, target_y) = windows
     for c, volume in enumerate(volumes):
-        slices = crop_or_pad(np.moveaxis(volume[..., keep], -1, 0), size)  # [S, H, W], the stored dtype
-        if images is None:
-            images = np.empty((slices.shape[0], len(volumes), *slices.shape[1:]), dtype=np.float32)
-        images[:, c] = slices
-    assert images is not None, "a case has at least one channel"
+        for s, k in enumerate(keep):
+            images[s, c, target_x, target_y] = volume[source_x, source_y, k]
     return images
+
+
+def _crop_window(n: int, size: int | None) -> tuple[slice, slice]:
+    """(source, target) ranges of one axis of length ``n`` centre-cropped or zero-padded to ``size``, as `crop_or_pad` does."""
+    if size is None or n == size:
+        return slice(0, n), slice(0, n)
+    if n > size:
+        start = (n - size) // 2
+        return slice(start, start + size), slice(0, size)
+    before = (size - n) // 2
+    return slice(0, n), slice(before, before + n)
 
 
 def zscore_in_place(images: np.ndarray, mask: np.ndarray) -> None:
@@ -333,10 +350,8 @@ class StreamingArray:
             raise DataError(f"{self.path.name}: block of shape {array.shape} does not continue {self.tail}.")
         start = self._HEADER + self.rows * self._row_bytes
         if isinstance(block, SpilledArray) and array.dtype == self.dtype and array.flags.c_contiguous:
-            self._file.flush()
             with open(block.path, "rb") as source:
                 copy_bytes(source, self._file, block.offset, start, array.nbytes)
-            self._file.seek(start + array.nbytes)
             self.digests.add_known(start, array.nbytes, block.sha256)
         else:
             # written from the array's own buffer: a memory-mapped block is not copied first
@@ -360,10 +375,12 @@ class StreamingArray:
 def copy_bytes(source: BinaryIO, target: BinaryIO, source_start: int, target_start: int, length: int) -> None:
     """Copy ``length`` bytes of one open file into another at the given positions.
 
-    In the kernel (``copy_file_range``) where the system offers it, so the bytes never
-    pass through this process; otherwise through a buffer.
+    In the kernel where the system offers it, so the bytes never pass through this
+    process: ``copy_file_range`` within one file system, ``sendfile`` between two (shared
+    memory to disk); otherwise through a buffer.
     """
     copied = 0
+    target.flush()
     if hasattr(os, "copy_file_range"):
         try:
             while copied < length:
@@ -373,7 +390,17 @@ def copy_bytes(source: BinaryIO, target: BinaryIO, source_start: int, target_sta
                 if done == 0:
                     break
                 copied += done
-        except OSError:  # not between these file systems, or not on this one: copy through a buffer
+        except OSError:  # not between these file systems, or not on this one
+            pass
+    if copied < length and hasattr(os, "sendfile"):
+        try:
+            os.lseek(target.fileno(), target_start + copied, os.SEEK_SET)
+            while copied < length:
+                done = os.sendfile(target.fileno(), source.fileno(), source_start + copied, length - copied)
+                if done == 0:
+                    break
+                copied += done
+        except OSError:  # not for these files: copy through a buffer
             pass
     source.seek(source_start + copied)
     target.seek(target_start + copied)
@@ -384,6 +411,7 @@ def copy_bytes(source: BinaryIO, target: BinaryIO, source_start: int, target_sta
         target.write(chunk)
         copied += len(chunk)
     target.flush()
+    target.seek(target_start + length)
 
 
 def load_mapped_sliceset(folder: Path) -> SliceSet:

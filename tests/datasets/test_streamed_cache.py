@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +17,7 @@ import pytest
 
 from benchmark import DataError, create_dataset
 from benchmark.cache import BlockDigests, FILE_DIGESTS, build_artifact
+from benchmark.datasets import _parallel as parallel
 from benchmark.datasets._parallel import SPILL_BYTES
 from benchmark.datasets._volumes import copy_bytes, zscore_in_place, zscore_over
 from benchmark.regions import BRATS_2021_TO_COMMON, to_common_labels
@@ -73,15 +76,51 @@ def test_scratch_files_copied_into_the_cache_give_the_same_bytes_and_digests(cas
     assert (two_folder / "images.npy").stat().st_mtime_ns == stamp
 
 
-def test_copy_through_a_buffer_where_the_kernel_cannot(cases, tmp_path, monkeypatch):
+@pytest.mark.parametrize("refused", [["copy_file_range"], ["copy_file_range", "sendfile"]])
+def test_copy_without_the_kernel_calls_it_lacks(cases, tmp_path, monkeypatch, refused):
     _, reference = build(cases, tmp_path / "kernel", monkeypatch, 2)
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
-    _, buffered = build(cases, tmp_path / "buffer", monkeypatch, 2)
-    assert (reference / "images.npy").read_bytes() == (buffered / "images.npy").read_bytes()
+    for name in refused:
+        monkeypatch.setattr(os, name, refuse, raising=False)
+    _, copied = build(cases, tmp_path / "copied", monkeypatch, 2)
+    assert (reference / "images.npy").read_bytes() == (copied / "images.npy").read_bytes()
+
+
+def test_scratch_on_disk_where_there_is_no_shared_memory(cases, tmp_path, monkeypatch):
+    _, reference = build(cases, tmp_path / "shared", monkeypatch, 2)
+    monkeypatch.setattr(parallel, "SHARED_MEMORY", tmp_path / "no-shm")
+    _, on_disk = build(cases, tmp_path / "disk", monkeypatch, 2)
+    assert (reference / "images.npy").read_bytes() == (on_disk / "images.npy").read_bytes()
+
+
+def test_a_full_scratch_folder_falls_back_to_the_next(tmp_path):
+    array = np.arange(10.0)
+    used = parallel._save(array, [str(tmp_path / "missing" / "0-0.npy"), str(tmp_path / "0-0.npy")])
+    assert used == str(tmp_path / "0-0.npy")
+    np.testing.assert_array_equal(np.load(used), array)
+
+
+def test_shared_scratch_of_a_killed_driver_is_removed_and_ours_too(cases, tmp_path, monkeypatch):
+    shared = tmp_path / "shm"
+    shared.mkdir()
+    monkeypatch.setattr(parallel, "SHARED_MEMORY", shared)
+    monkeypatch.setattr(parallel, "SHARED_MEMORY_ROOM", 0)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = shared / f"poisonbench-cases-{int(finished.stdout)}-x1"
+    live = shared / f"poisonbench-cases-{os.getppid()}-x2"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "0-0.npy").write_bytes(b"left over")
+    made: list[Path | None] = []
+    real = parallel._shared_scratch
+    monkeypatch.setattr(parallel, "_shared_scratch", lambda: made.append(real()) or made[-1])
+    build(cases, tmp_path / "cache", monkeypatch, 2)
+    assert made and made[0] is not None and made[0].parent == shared  # the build's scratch was in shared memory ...
+    assert not made[0].exists()  # ... and is gone
+    assert not stale.exists() and live.exists()  # a running process's folder is left alone
 
 
 def test_copy_bytes_finishes_a_partial_kernel_copy(tmp_path, monkeypatch):
