@@ -32,10 +32,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import hashlib
 import multiprocessing
 import os
 import platform
-import hashlib
 import shutil
 import tempfile
 from collections import deque
@@ -101,8 +101,11 @@ def _init_worker(reader: Callable[[Any], tuple[Any, ...]]) -> None:
     _keep_freed_blocks(True)  # for the life of this reading process
 
 
-# glibc's mallopt parameters and their defaults
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD = -1, -3, 128 * 1024
+# glibc's mallopt parameters; the thresholds its dynamic adjustment settles at once a
+# process has freed a large array (32 MiB, trimming at twice that): setting them turns that
+# adjustment off, so these are what a process that reads cases goes on with
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_SETTLED_MMAP_THRESHOLD, _SETTLED_TRIM_THRESHOLD = 32 << 20, 64 << 20
 #: Blocks up to this size are taken from (and freed to) the heap while cases are read.
 _READING_MMAP_THRESHOLD = 1 << 30
 
@@ -119,7 +122,7 @@ def _glibc() -> Any:
 
 
 def _keep_freed_blocks(keep: bool) -> None:
-    """Let freed large arrays stay in the heap for the next case (``keep``), or restore glibc's defaults.
+    """Let freed large arrays stay in the heap for the next case (``keep``), or go back to glibc's settled thresholds.
 
     Reading a case allocates and frees a few hundred MB of arrays. By default glibc maps
     each block over 32 MB afresh and unmaps it when freed, so every case pays the kernel
@@ -133,8 +136,8 @@ def _keep_freed_blocks(keep: bool) -> None:
         libc.mallopt(_M_MMAP_THRESHOLD, _READING_MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
     else:
-        libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _SETTLED_TRIM_THRESHOLD)
         libc.malloc_trim(0)  # what the reading kept goes back to the system
 
 

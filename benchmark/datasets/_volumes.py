@@ -49,8 +49,8 @@ __all__ = [
     "VolumeSource",
     "normalise_channel",
     "read_nifti",
-    "zscore_over",
     "zscore_in_place",
+    "copy_bytes",
     "brain_mask",
     "select_slices",
     "crop_or_pad",
@@ -209,12 +209,12 @@ def _crop_window(n: int, size: int | None) -> tuple[slice, slice]:
 
 
 def zscore_in_place(images: np.ndarray, mask: np.ndarray) -> None:
-    """`zscore_over` of a case's float32 ``[S, C, H, W]`` slices, written into them.
+    """Z-score each channel of a case's float32 ``[S, C, H, W]`` slices over ``mask``, in place.
 
-    The same values as `zscore_over` (the map of `benchmark.normalisation.ZSCORE`, zero
-    outside the mask), computed over the voxels in ``mask`` alone: outside it every
-    channel already holds 0, since the mask is where any channel is non-zero (a float
-    source's -0.0 is made +0.0 when it is read, as `zscore_over` writes it).
+    Inside the mask, each channel becomes `benchmark.normalisation.ZSCORE` of it (the same
+    float64 statistics and bytes as ``ZSCORE.normalise``), computed over the voxels in the
+    mask alone; outside it every channel already holds 0, since the mask is where any
+    channel is non-zero (a float source's -0.0 is made +0.0 when it is read).
     """
     if not mask.any():
         images[...] = 0
@@ -224,22 +224,6 @@ def zscore_in_place(images: np.ndarray, mask: np.ndarray) -> None:
         inside = channel[mask].astype(np.float64)
         shift, scale = ZSCORE.affine_map(inside)
         channel[mask] = ((inside - shift) / scale).astype(np.float32)
-
-
-def zscore_over(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Z-score each channel over ``mask``; voxels outside it become 0.
-
-    Args:
-        image: float ``[C, ...]``, one case.
-        mask: bool ``[...]``, the case's brain mask.
-
-    Returns:
-        float32 ``[C, ...]``: inside the mask, `benchmark.normalisation.ZSCORE` of each channel.
-    """
-    out = np.zeros(image.shape, dtype=np.float32)
-    for c in range(len(image)):
-        out[c] = np.where(mask, ZSCORE.normalise(image[c], mask), 0.0)
-    return out
 
 
 def select_slices(brain: np.ndarray, tumour: np.ndarray, mode: str, other_fraction: float) -> np.ndarray:
