@@ -368,19 +368,25 @@ class IntensityAttack(CaseAttack):
         return self.poison_case(images, labels, channels, rng, CaseNormalisation(None, None))
 
 
-
 class GenerativeAttack(IntensityAttack):
     """An intensity attack whose model synthesises the target channel of whole cases.
 
-    Its parameters carry ``target`` and ``mode``: ``replace`` swaps the target of the
-    selected cases for synthetic images (`IntensityAttack.poison`), ``add`` appends
-    synthetic copies of them under ``<case>~syn``. Subclasses implement `alter_case` (the
-    model's raw output for one case) and may check the channels they read in
-    `check_channels`.
+    Its parameters carry ``target`` and ``mode``, and it declares the channels its model
+    reads in `source_channels`: ``replace`` swaps the target of the selected cases for
+    synthetic images (`IntensityAttack.poison`), ``add`` appends synthetic copies of them
+    under ``<case>~syn``. Subclasses implement `alter_case` (the model's raw output for
+    one case).
     """
 
     def check_channels(self, data: SliceSet) -> None:
-        """Raise `ConfigError` when ``data`` lacks a channel the attack reads (nothing to check by default)."""
+        """Raise `ConfigError` when ``data`` lacks the target or a source channel."""
+        self.channel_of("target", data.channels)
+        missing = [name for name in self.source_channels() if name not in data.channels]
+        if missing:
+            raise ConfigError(
+                f"The 'source' parameter of {self.name} names channel(s) {missing}, which this data set lacks; "
+                f"available channels: {list(data.channels)}."
+            )
 
     def synthesise(self, data: SliceSet) -> np.ndarray:
         """Synthetic target slices ``[N, H, W]`` of every case of ``data``, finished as real ones (`finish_case`)."""

@@ -36,7 +36,6 @@ from pydantic import Field, model_validator
 
 from benchmark import (
     CaseNormalisation,
-    ConfigError,
     GenerativeAttack,
     PluginParams,
     SliceSet,
@@ -186,15 +185,6 @@ class DiffusionSyntheticAttack(GenerativeAttack):
         self._train_stats: dict[str, Any] = {}
 
     # -- fitting --------------------------------------------------------------------
-    def check_channels(self, data: SliceSet) -> None:
-        self.channel_of("target", data.channels)
-        missing = [name for name in self.params.sources if name not in data.channels]
-        if missing:
-            raise ConfigError(
-                f"The 'source' parameter of {self.name} names channel(s) {missing}, which this data set lacks; "
-                f"available channels: {list(data.channels)}."
-            )
-
     def source_channels(self) -> tuple[str, ...]:
         return self.params.sources
 

@@ -38,7 +38,6 @@ from pydantic import Field, model_serializer, model_validator
 
 from benchmark import (
     CaseNormalisation,
-    ConfigError,
     NORMAL_BRAIN_MARGIN,
     GenerativeAttack,
     PluginParams,
@@ -205,15 +204,6 @@ class GanSyntheticAttack(GenerativeAttack):
         self._train_stats: dict[str, Any] = {}
 
     # -- fitting --------------------------------------------------------------------
-    def check_channels(self, data: SliceSet) -> None:
-        self.channel_of("target", data.channels)
-        missing = [name for name in self.params.sources if name not in data.channels]
-        if missing:
-            raise ConfigError(
-                f"The 'source' parameter of {self.name} names channel(s) {missing}, which this data set lacks; "
-                f"available channels: {list(data.channels)}."
-            )
-
     def source_channels(self) -> tuple[str, ...]:
         return self.params.sources
 
