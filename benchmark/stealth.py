@@ -67,8 +67,6 @@ _LAPLACE = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
 _EPS = 1e-6
 
 
-# --------------------------------------------------------------------------- masks
-
 def stealth_reference(target: np.ndarray, crop: int, seed: int) -> np.ndarray:
     """The real target slices ``[N, 1, h, w]`` a trainer takes the stealth statistics from.
 
@@ -83,6 +81,8 @@ def stealth_reference(target: np.ndarray, crop: int, seed: int) -> np.ndarray:
     tops, lefts = rng.integers(0, h - crop + 1, len(target)), rng.integers(0, w - crop + 1, len(target))
     return np.stack([t[:, y : y + crop, x : x + crop] for t, y, x in zip(target, tops, lefts)])
 
+
+# --------------------------------------------------------------------------- masks
 def _erode(mask: torch.Tensor, iterations: torch.Tensor) -> torch.Tensor:
     """Binary erosion with the 4-neighbourhood (scipy's default), ``iterations[b]`` times for slice ``b``.
 
