@@ -70,7 +70,7 @@ import pandas as pd
 from .catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS
 from .errors import ConfigError
 from .identity import NO_ATTACK, NO_DEFENSE
-from .metrics import DISTANCE_METRICS, METRICS
+from .metrics import DISTANCE_METRICS, LESION_METRICS, LOWER_IS_BETTER, METRICS, OPTIONAL_METRICS
 
 __all__ = [
     "ALPHA",
@@ -80,6 +80,7 @@ __all__ = [
     "DEFENSE_EFFECT_COLUMNS",
     "DETECTION_FIGURES",
     "DISTANCE_SUMMARY_COLUMNS",
+    "LESION_SUMMARY_COLUMNS",
     "GROUP_COLUMNS",
     "Interval",
     "MIN_SEEDS",
@@ -134,6 +135,20 @@ DISTANCE_SUMMARY_COLUMNS = [
 """HD95 columns of ``summary.csv``, after `SUMMARY_EXTRA_COLUMNS`. HD95 is lower-is-better, so
 its comparison with the clean baseline is a *rise*, attacked − clean (positive: the attack
 hurt, as a positive Dice ``drop`` is), over the seeds and cases both measured."""
+
+
+def _change_suffix(metric: str) -> str:
+    """``_rise`` (attacked − clean) for a lower-is-better metric, ``_drop`` (clean − attacked) otherwise: positive = hurt."""
+    return "_rise" if metric in LOWER_IS_BETTER else "_drop"
+
+
+LESION_SUMMARY_COLUMNS = [
+    f"{m}{s}" for m in LESION_METRICS
+    for s in ("", "_ci_low", "_ci_high", _change_suffix(m), f"{_change_suffix(m)}_ci_low", f"{_change_suffix(m)}_ci_high")
+]
+"""Lesion-wise columns of ``summary.csv``, after `DISTANCE_SUMMARY_COLUMNS`: ``lesion_dice``
+with its interval and ``lesion_dice_drop`` (clean − attacked), ``lesion_hd95`` with its
+interval and ``lesion_hd95_rise`` (attacked − clean); empty where not measured."""
 DEFENSE_EFFECT_COLUMNS = [
     "segmenter", "attack", "rate", "defense", "seeds", "dice", "dice_without", "dice_clean", "recovery", "clean_cost",
     *DETECTION_FIGURES, "damage", "detectable_difference", "recovery_note", "poisoned_share",
@@ -233,7 +248,7 @@ def study_tables(runs: pd.DataFrame, metrics: pd.DataFrame, label: Label = plugi
         case`` + the metrics.
     """
     columns = ["cell", *GROUP_COLUMNS, "seed", "attack_report", "defense_report"]
-    scores = (*METRICS, *DISTANCE_METRICS)
+    scores = (*METRICS, *OPTIONAL_METRICS)
     if runs.empty:
         return pd.DataFrame(columns=columns), pd.DataFrame(columns=[*GROUP_COLUMNS, "seed", "cell", "case", *scores])
     configs = list(runs["config"])
@@ -518,7 +533,7 @@ def _mean_report(cells: pd.DataFrame, report: str, field: str) -> float:
 
 
 def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
-    """One row per group: `SUMMARY_COLUMNS`, then `SUMMARY_EXTRA_COLUMNS`, then `DISTANCE_SUMMARY_COLUMNS`.
+    """One row per group: `SUMMARY_COLUMNS`, `SUMMARY_EXTRA_COLUMNS`, `DISTANCE_SUMMARY_COLUMNS`, `LESION_SUMMARY_COLUMNS`.
 
     ``dice`` and its interval are over the group's seeds and cases; ``drop`` is against
     the same segmenter's clean baseline over the seeds and cases both have (empty on the
@@ -527,14 +542,15 @@ def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
     the p-value adjusted by Holm over the study's drops (the table's), and
     ``significant`` is ``p_holm < ALPHA``. ``hd95`` and its interval are over the seeds and
     cases that measured it, ``hd95_rise`` (attacked − clean, lower-is-better) over those both
-    measured; empty where nothing was measured.
+    measured; empty where nothing was measured. The lesion-wise metrics alike, with
+    ``lesion_dice_drop`` = clean − attacked.
     """
-    columns = [*SUMMARY_COLUMNS, *SUMMARY_EXTRA_COLUMNS, *DISTANCE_SUMMARY_COLUMNS]
+    columns = [*SUMMARY_COLUMNS, *SUMMARY_EXTRA_COLUMNS, *DISTANCE_SUMMARY_COLUMNS, *LESION_SUMMARY_COLUMNS]
     if cases.empty:
         return pd.DataFrame(columns=columns)
     tables = {metric: _matrices(cases, metric) for metric in CURVE_METRICS if metric in cases}
     dice = tables["dice"]
-    distances = {m: _matrices(cases, m) for m in DISTANCE_METRICS if m in cases and cases[m].notna().any()}
+    optional = {m: _matrices(cases, m) for m in OPTIONAL_METRICS if m in cases and cases[m].notna().any()}
     rows = []
     for key, table in dice.items():
         segmenter, attack, rate, defense = key
@@ -557,8 +573,8 @@ def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
                 significant=drop.significant, dice_clean=float(dice[clean].loc[clean_seeds, clean_cases].to_numpy().mean())
                 if clean_seeds and clean_cases else math.nan,
             )
-        for metric, by_group in distances.items():
-            row.update(_distance_columns(metric, by_group, key, clean))
+        for metric, by_group in optional.items():
+            row.update(_optional_columns(metric, by_group, key, clean))
         if clean == key:
             row["note"] = "clean baseline"
         else:
@@ -571,8 +587,8 @@ def summary_table(cells: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["segmenter", "attack", "defense", "rate"], kind="stable").reset_index(drop=True)
 
 
-def _distance_columns(metric: str, by_group: dict[tuple, pd.DataFrame], key: tuple, clean: tuple | None) -> dict[str, float]:
-    """A lower-is-better metric's mean and interval for group ``key``, and its rise over the clean baseline."""
+def _optional_columns(metric: str, by_group: dict[tuple, pd.DataFrame], key: tuple, clean: tuple | None) -> dict[str, float]:
+    """An optional metric's mean and interval for group ``key``, and its change from the clean baseline (positive: hurt)."""
     own = by_group.get(key)
     if own is None or own.empty:
         return {}
@@ -580,8 +596,9 @@ def _distance_columns(metric: str, by_group: dict[tuple, pd.DataFrame], key: tup
     interval = mean_interval(own.loc[seeds, case_ids].to_numpy())
     out = {metric: interval.mean, f"{metric}_ci_low": interval.ci_low, f"{metric}_ci_high": interval.ci_high}
     if clean is not None and clean != key and clean in by_group and not by_group[clean].empty:
-        rise = drop_interval(own, by_group[clean])  # attacked − clean: positive when the attack raised the distance
-        out.update({f"{metric}_rise": rise.mean, f"{metric}_rise_ci_low": rise.ci_low, f"{metric}_rise_ci_high": rise.ci_high})
+        pair = (own, by_group[clean]) if metric in LOWER_IS_BETTER else (by_group[clean], own)  # first − second
+        change, name = drop_interval(*pair), f"{metric}{_change_suffix(metric)}"
+        out.update({name: change.mean, f"{name}_ci_low": change.ci_low, f"{name}_ci_high": change.ci_high})
     return out
 
 

@@ -23,6 +23,10 @@ positions, with the voxel spacing of the case's geometry (`benchmark.geometry`):
 - a slice set without geometry: NaN (no spacing to measure in); summaries skip it.
 
 HD95 is lower-is-better, unlike the five ratios (`LOWER_IS_BETTER`).
+
+Lesion-wise Dice and HD95 (`LESION_METRICS`, `case_lesionwise`) come from the BraTS
+challenge's own code where its extra is installed (`benchmark.lesionwise`), over the same
+stacked volumes; NaN (not measured) otherwise.
 """
 
 from __future__ import annotations
@@ -36,17 +40,21 @@ import numpy as np
 import pandas as pd
 
 from .geometry import SliceGeometry
+from .lesionwise import LESION_METRICS, lesionwise_missing, lesionwise_scores
 
 __all__ = [
     "METRICS", "DISTANCE_METRICS", "LOWER_IS_BETTER", "confusion_by_case", "metrics_from_confusion", "case_metrics",
-    "case_hd95", "hd95", "Aggregate", "aggregate",
+    "case_hd95", "hd95", "case_lesionwise", "LESION_METRICS", "OPTIONAL_METRICS", "Aggregate", "aggregate",
 ]
 
 METRICS: tuple[str, ...] = ("dice", "jaccard", "accuracy", "sensitivity", "specificity")
 """The ratios of one confusion count (recomputable from ``tp fp tn fn``)."""
 DISTANCE_METRICS: tuple[str, ...] = ("hd95",)
 """Surface distances in mm (not recomputable from the counts)."""
-LOWER_IS_BETTER: frozenset[str] = frozenset(DISTANCE_METRICS)
+OPTIONAL_METRICS: tuple[str, ...] = (*DISTANCE_METRICS, *LESION_METRICS)
+"""Per-case metrics after the five ratios, NaN where not measured: ``hd95`` (no geometry),
+``lesion_dice`` and ``lesion_hd95`` (no geometry, or the brats-eval extra missing)."""
+LOWER_IS_BETTER: frozenset[str] = frozenset((*DISTANCE_METRICS, "lesion_hd95"))
 """Metrics where a smaller value is better: an attack raises them."""
 
 
@@ -152,6 +160,11 @@ def _case_masks(pred: np.ndarray, truth: np.ndarray, geometry: SliceGeometry, ro
     return stacked[0], stacked[1], (row_mm, col_mm, slice_mm * step)
 
 
+def _cases_in_order(case_ids: np.ndarray) -> list[str]:
+    _, first = np.unique(case_ids, return_index=True)
+    return [case_ids[i] for i in sorted(first)]
+
+
 def case_hd95(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None) -> pd.Series:
     """HD95 (mm) per case over its slices at their true positions (see the module docstring).
 
@@ -165,8 +178,7 @@ def case_hd95(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometr
         float Series named ``hd95``, indexed by case in order of first appearance.
     """
     case_ids = np.asarray(case_ids, dtype=str)
-    _, first = np.unique(case_ids, return_index=True)
-    cases = [case_ids[i] for i in sorted(first)]
+    cases = _cases_in_order(case_ids)
     values = []
     for case in cases:
         if geometry is None:
@@ -178,17 +190,42 @@ def case_hd95(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometr
     return pd.Series(values, index=pd.Index(cases, name="case"), name="hd95", dtype=np.float64)
 
 
+def case_lesionwise(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None) -> pd.DataFrame:
+    """`LESION_METRICS` per case over its slices at their true positions (`benchmark.lesionwise`).
+
+    Args:
+        pred, truth, case_ids: as `case_hd95`.
+        geometry: the slices' geometry; None, or the brats-eval extra missing, gives NaN.
+
+    Returns:
+        float columns `LESION_METRICS`, indexed by case in order of first appearance.
+    """
+    case_ids = np.asarray(case_ids, dtype=str)
+    cases = _cases_in_order(case_ids)
+    frame = pd.DataFrame(np.nan, index=pd.Index(cases, name="case"), columns=list(LESION_METRICS), dtype=np.float64)
+    if geometry is None or lesionwise_missing():
+        return frame
+    for case in cases:
+        rows = np.flatnonzero(case_ids == case)
+        case_pred, case_truth, spacing = _case_masks(pred, truth, geometry, rows, case)
+        frame.loc[case, list(LESION_METRICS)] = lesionwise_scores(case_pred, case_truth, spacing)
+    return frame
+
+
 def case_metrics(
     pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None = None
 ) -> pd.DataFrame:
-    """Per-case metrics and counts: columns ``METRICS``, ``hd95`` and ``tp fp tn fn``, indexed by case.
+    """Per-case metrics and counts: columns ``METRICS``, `OPTIONAL_METRICS` and ``tp fp tn fn``, indexed by case.
 
     Args:
         pred, truth, case_ids: as `confusion_by_case`.
-        geometry: the slices' geometry, for HD95 in mm; None leaves ``hd95`` NaN.
+        geometry: the slices' geometry, for HD95 and the lesion-wise metrics in mm; None leaves them NaN.
     """
     result = metrics_from_confusion(confusion_by_case(pred, truth, case_ids))
     result.insert(len(METRICS), "hd95", case_hd95(pred, truth, case_ids, geometry).reindex(result.index))
+    lesions = case_lesionwise(pred, truth, case_ids, geometry).reindex(result.index)
+    for offset, metric in enumerate(LESION_METRICS, start=len(METRICS) + 1):
+        result.insert(offset, metric, lesions[metric])
     return result
 
 

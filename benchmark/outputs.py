@@ -1,8 +1,9 @@
 """The CSV files a sweep leaves in its output folder, all rebuilt from the results database.
 
 - ``results.csv``: one row per cell × validation case: the five ratios, then ``hd95``
-  (mm; empty for cells stored before it was measured or data without geometry; see
-  `benchmark.metrics`).
+  (mm; empty for cells stored before it was measured or data without geometry), then
+  ``lesion_dice`` and ``lesion_hd95`` (mm; empty, in addition, without the brats-eval
+  extra); see `benchmark.metrics`.
 - ``attacks.csv``: one row per cell: the attack's quality figures where the attack has
   them (MAE, PSNR, SSIM of synthetic vs real target over the brain; the enhancing-rim
   contrast-to-noise ratio of synthetic and of real target), the count of poisoned cases and
@@ -26,7 +27,7 @@ import pandas as pd
 
 from .analysis import DEFENSE_EFFECT_COLUMNS, SUMMARY_COLUMNS, defense_effect, detectable_difference, study_tables, summary_table
 from .identity import NO_DEFENSE
-from .metrics import DISTANCE_METRICS, METRICS
+from .metrics import METRICS, OPTIONAL_METRICS
 from .store import FINISHED
 
 __all__ = [
@@ -34,8 +35,8 @@ __all__ = [
     "write_sweep_tables", "write_summary_csv",
 ]
 
-RESULTS_CSV_COLUMNS = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", *METRICS, *DISTANCE_METRICS]
-"""The required columns first, in their order; HD95 (mm, empty where unmeasured) appended after them."""
+RESULTS_CSV_COLUMNS = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", *METRICS, *OPTIONAL_METRICS]
+"""The required columns first, in their order; HD95 and the lesion-wise metrics (empty where unmeasured) after them."""
 ATTACKS_CSV_COLUMNS = [
     "cell", "attack", "rate", "seed", "mae", "psnr", "ssim", "rim_contrast_synthetic", "rim_contrast_real", "poisoned_cases",
     "poisoned_case_ids",

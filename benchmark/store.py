@@ -5,8 +5,10 @@ Tables:
         ``failed``), timings, environment, error traceback, and the attack's and
         defense's reports (JSON).
     case_metrics: one row per cell × validation case — Dice, Jaccard, accuracy,
-        sensitivity, specificity and the TP/FP/TN/FN they come from, and HD95 in mm
-        (NULL where unmeasured: cells stored before it was, data without geometry).
+        sensitivity, specificity and the TP/FP/TN/FN they come from, and HD95, lesion-wise
+        Dice and lesion-wise HD95 (`benchmark.metrics.OPTIONAL_METRICS`; NULL where
+        unmeasured: cells stored before they were, data without geometry, and for the
+        lesion-wise two an install without the brats-eval extra).
     studies: one row per study (`benchmark.studies`): its key, config, data fingerprint,
         package version, a short description, and when it was first and last run.
     study_cells: which cells each study planned (a cell may belong to several studies).
@@ -14,10 +16,11 @@ Tables:
 Older databases are migrated when opened, in one transaction that keeps every row:
 schema 1 (without the study tables), whose cells belong to no recorded study
 (`ResultStore.studies` groups them into derived ones), and schema 2 (without
-``case_metrics.hd95``), whose cases read HD95 as not measured. Schema 3 marks the
-``hd95`` column: a release that writes without it reads schema 2 at most and refuses a
-schema 3 file when it opens it, before it runs any cell, rather than losing a cell's
-results to a failed insert after training. A file of a newer schema is refused here alike.
+``case_metrics.hd95``) and 3 (without the lesion-wise columns), whose cases read what they
+lack as not measured. Each schema number marks its columns: a release that writes without
+them reads the older schemas only and refuses a newer file when it opens it, before it
+runs any cell, rather than losing a cell's results to a failed insert after training. A
+file of a newer schema is refused here alike.
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ from typing import Any, Iterator
 import pandas as pd
 
 from .errors import BenchError
-from .metrics import METRICS
+from .metrics import METRICS, OPTIONAL_METRICS
 
 __all__ = ["ResultStore", "CellRecord", "SCHEMA_VERSION", "STUDY_COLUMNS"]
 
-SCHEMA_VERSION = 3
-"""1: runs and case metrics; 2: the study tables; 3: ``case_metrics.hd95``."""
+SCHEMA_VERSION = 4
+"""1: runs and case metrics; 2: the study tables; 3: ``case_metrics.hd95``; 4: ``lesion_dice`` and ``lesion_hd95``."""
 FINISHED, FAILED = "finished", "failed"
 
 _SCHEMA = """
@@ -67,7 +70,7 @@ CREATE TABLE IF NOT EXISTS case_metrics (
     dice REAL NOT NULL, jaccard REAL NOT NULL, accuracy REAL NOT NULL,
     sensitivity REAL NOT NULL, specificity REAL NOT NULL,
     tp INTEGER NOT NULL, fp INTEGER NOT NULL, tn INTEGER NOT NULL, fn INTEGER NOT NULL,
-    hd95 REAL,
+    hd95 REAL, lesion_dice REAL, lesion_hd95 REAL,
     PRIMARY KEY (cell_key, case_id)
 );
 CREATE TABLE IF NOT EXISTS studies (
@@ -131,7 +134,7 @@ class ResultStore:
             raise BenchError(f"{self.path}: cannot create the output folder: {exc.strerror or exc}") from None
 
     def _check_version(self, version: int) -> None:
-        """Refuse a schema this release cannot read (0: a new file; 1, 2: migrated by `_migrate`)."""
+        """Refuse a schema this release cannot read (0: a new file; 1 to 3: migrated by `_migrate`)."""
         if version not in range(SCHEMA_VERSION + 1):
             newer = " (written by a newer poisonbench: upgrade it, or choose another --out)" if version > SCHEMA_VERSION else ""
             raise BenchError(f"{self.path}: results database schema {version} is not supported (expected {SCHEMA_VERSION} or older){newer}.")
@@ -150,9 +153,12 @@ class ResultStore:
             for statement in _SCHEMA.split(";"):  # executescript would commit the transaction first
                 if statement.strip():
                     db.execute(statement)
-            if "hd95" not in {row[1] for row in db.execute("PRAGMA table_info(case_metrics)")}:
+            present = {row[1] for row in db.execute("PRAGMA table_info(case_metrics)")}
+            for metric in OPTIONAL_METRICS:  # cases stored before the metric was measured read NULL
+                if metric in present:
+                    continue
                 try:
-                    db.execute("ALTER TABLE case_metrics ADD COLUMN hd95 REAL")  # cases stored before HD95 was measured
+                    db.execute(f"ALTER TABLE case_metrics ADD COLUMN {metric} REAL")
                 except sqlite3.OperationalError as exc:  # "duplicate column": another process added it first
                     if "duplicate column" not in str(exc):
                         raise
@@ -196,10 +202,10 @@ class ResultStore:
         if record.case_metrics is not None:
             frame = record.case_metrics
             for case, row in frame.iterrows():
-                distance = float(row["hd95"]) if "hd95" in row and pd.notna(row["hd95"]) else None
+                optional = (float(row[m]) if m in row and pd.notna(row[m]) else None for m in OPTIONAL_METRICS)
                 rows.append(
                     (record.key, str(case), *(float(row[m]) for m in METRICS), *(int(row[c]) for c in ("tp", "fp", "tn", "fn")),
-                     distance)
+                     *optional)
                 )
         with self._transaction() as db:
             db.execute("DELETE FROM case_metrics WHERE cell_key = ?", (record.key,))
@@ -226,10 +232,9 @@ class ResultStore:
                     record.error,
                 ),
             )
+            columns = ", ".join(("cell_key", "case_id", *METRICS, "tp", "fp", "tn", "fn", *OPTIONAL_METRICS))
             db.executemany(
-                "INSERT INTO case_metrics (cell_key, case_id, dice, jaccard, accuracy, sensitivity, specificity, tp, fp, tn, fn,"
-                " hd95) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
+                f"INSERT INTO case_metrics ({columns}) VALUES ({', '.join('?' * (11 + len(OPTIONAL_METRICS)))})", rows
             )
 
     def runs(self, keys: list[str] | None = None) -> pd.DataFrame:
@@ -245,12 +250,14 @@ class ResultStore:
         """Per-case metrics joined with each cell's segmenter, attack, rate, defense and seed."""
         frame = pd.read_sql_query(
             "SELECT r.cell_key AS cell, r.segmenter, r.attack, r.rate, r.defense, r.seed, m.case_id AS 'case',"
-            " m.dice, m.jaccard, m.accuracy, m.sensitivity, m.specificity, m.tp, m.fp, m.tn, m.fn, m.hd95"
-            " FROM case_metrics m JOIN runs r ON r.cell_key = m.cell_key WHERE r.status = 'finished'"
+            " m.dice, m.jaccard, m.accuracy, m.sensitivity, m.specificity, m.tp, m.fp, m.tn, m.fn, "
+            + ", ".join(f"m.{metric}" for metric in OPTIONAL_METRICS)
+            + " FROM case_metrics m JOIN runs r ON r.cell_key = m.cell_key WHERE r.status = 'finished'"
             " ORDER BY r.started_at, r.cell_key, m.rowid",
             self._db,
         )
-        frame["hd95"] = pd.to_numeric(frame["hd95"]).astype(float)  # NULL (not measured) -> NaN
+        for metric in OPTIONAL_METRICS:
+            frame[metric] = pd.to_numeric(frame[metric]).astype(float)  # NULL (not measured) -> NaN
         if keys is not None:
             frame = frame[frame["cell"].isin(keys)].reset_index(drop=True)
         return frame

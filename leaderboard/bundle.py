@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import benchmark
-from benchmark import DISTANCE_METRICS, METRICS, BenchError, ResultStore, aggregate
+from benchmark import METRICS, OPTIONAL_METRICS, BenchError, ResultStore, aggregate
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -153,14 +153,14 @@ def export_bundle(
         rows = cases[cases["cell"] == run["cell_key"]]
         per_case = [
             {"case": str(r["case"]), **{m: float(r[m]) for m in METRICS}, **{c: int(r[c]) for c in COUNT_COLUMNS},
-             **{m: finite_or_none(float(r[m])) for m in DISTANCE_METRICS if m in r}}
+             **{m: finite_or_none(float(r[m])) for m in OPTIONAL_METRICS if m in r}}
             for _, r in rows.iterrows()
         ]
         cells.append(
             {
                 "key": str(run["cell_key"]),
                 "config": run["config"],
-                "aggregates": {m: _aggregates(rows[m].to_numpy()) for m in (*METRICS, *DISTANCE_METRICS) if m in rows},
+                "aggregates": {m: _aggregates(rows[m].to_numpy()) for m in (*METRICS, *OPTIONAL_METRICS) if m in rows},
                 "cases": per_case,
                 "attack_report": run["attack_report"] or None,
                 "defense_report": run["defense_report"] or None,

@@ -31,6 +31,7 @@ from benchmark import (
     ALPHA,
     CURVE_METRICS,
     DISTANCE_SUMMARY_COLUMNS,
+    LESION_SUMMARY_COLUMNS,
     NO_ATTACK,
     NO_DEFENSE,
     adjust_p_values,
@@ -162,7 +163,7 @@ def _cell_rows(study: _Study) -> None:
             "defense": defense, "defense_name": study.names[("defense", defense)],
             "seeds": [int(x) for x in str(s["seed_list"]).split()], "cases": int(s["cases"]),
             **{f"{m}{suffix}": _number(s[f"{m}{suffix}"]) for m in CURVE_METRICS for suffix in ("", "_ci_low", "_ci_high")},
-            **{column: _number(s.get(column)) for column in DISTANCE_SUMMARY_COLUMNS},  # HD95 (mm), lower is better
+            **{column: _number(s.get(column)) for column in (*DISTANCE_SUMMARY_COLUMNS, *LESION_SUMMARY_COLUMNS)},
             "clean_dice": _number(s["dice"]) if s["note"] == "clean baseline" else _number(s["dice_clean"]),
             "drop": _number(s["drop"]), "drop_ci_low": _number(s["drop_ci_low"]), "drop_ci_high": _number(s["drop_ci_high"]),
             "p_value": _p_value(s["p_value"]), "p_holm": None, "significant": False, "seeds_note": _text(s["note"]),

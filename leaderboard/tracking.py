@@ -49,7 +49,7 @@ from typing import Any
 import pandas as pd
 
 import benchmark
-from benchmark import DISTANCE_SUMMARY_COLUMNS, BenchError, ResultStore
+from benchmark import DISTANCE_SUMMARY_COLUMNS, LESION_SUMMARY_COLUMNS, BenchError, ResultStore
 
 from .bundle import finite_or_none
 
@@ -61,7 +61,7 @@ DEFAULT_EXPERIMENT = "poisonbench"
 INSTALL_HINT = "pip install 'poisonbench[mlflow]'"
 
 _GROUP_SUMMARY = ["dice", "dice_ci_low", "dice_ci_high", "drop", "drop_ci_low", "drop_ci_high", "p_value", "p_holm",
-                  "dice_clean", "seeds", "cases", *DISTANCE_SUMMARY_COLUMNS]  # hd95 and hd95_rise (mm), with their intervals
+                  "dice_clean", "seeds", "cases", *DISTANCE_SUMMARY_COLUMNS, *LESION_SUMMARY_COLUMNS]
 _GROUP_EFFECT = ["dice_without", "recovery", "clean_cost", "damage"]
 _BATCH = 100  # one log_batch call takes at most 100 parameters, 100 tags and 1000 metrics
 _UNSAFE_KEY = re.compile(r"[^\w.\- /]")
@@ -317,7 +317,7 @@ def _log_cell(client: Any, experiment_id: str, parent_id: str, run: pd.Series, l
                 metrics[f"{metric}{suffix}"] = row[f"{metric}{suffix}"]
         metrics["cases"] = row["cases"]
         mine = case_metrics[case_metrics["cell"] == key]
-        for metric in benchmark.DISTANCE_METRICS:  # over the cases that measured it; none measured: left out
+        for metric in benchmark.OPTIONAL_METRICS:  # over the cases that measured it; none measured: left out
             if metric in mine:
                 agg = benchmark.aggregate(mine[metric].to_numpy(dtype=float))
                 metrics.update({metric: agg.mean, f"{metric}_std": agg.std, f"{metric}_ci_low": agg.ci_low, f"{metric}_ci_high": agg.ci_high})

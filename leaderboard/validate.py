@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from benchmark import DISTANCE_METRICS, METRICS, BenchError, aggregate, metrics_from_confusion
+from benchmark import LOWER_IS_BETTER, METRICS, OPTIONAL_METRICS, BenchError, aggregate, metrics_from_confusion
 
 from .bundle import COUNT_COLUMNS, compute_digest
 from .text import text_reasons
@@ -223,20 +223,20 @@ def _range_reasons(bundle: dict[str, Any]) -> list[str]:
         for j, case in enumerate(cases if isinstance(cases, list) else []):
             if not isinstance(case, dict):
                 continue
-            for metric in METRICS:
+            for metric in (*METRICS, *(m for m in OPTIONAL_METRICS if m not in LOWER_IS_BETTER)):
                 value = case.get(metric)
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_unit(value):
                     reasons.append(f"range: cells/{i}/cases/{j}/{metric}: {value} is not in [0, 1].")
         aggregates = cell.get("aggregates")
-        for metric in (*METRICS, *DISTANCE_METRICS):
+        for metric in (*METRICS, *OPTIONAL_METRICS):
             agg = aggregates.get(metric) if isinstance(aggregates, dict) else None
             for field in ("mean", "ci_low", "ci_high"):
                 value = agg.get(field) if isinstance(agg, dict) else None
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
                     continue
-                if metric in DISTANCE_METRICS and not (math.isfinite(value) and value >= 0):
+                if metric in LOWER_IS_BETTER and not (math.isfinite(value) and value >= 0):
                     reasons.append(f"range: cells/{i}/aggregates/{metric}/{field}: {value} is not a distance (a number >= 0, in mm).")
-                elif metric not in DISTANCE_METRICS and not _in_unit(value):
+                elif metric not in LOWER_IS_BETTER and not _in_unit(value):
                     reasons.append(f"range: cells/{i}/aggregates/{metric}/{field}: {value} is not in [0, 1].")
         report = cell.get("defense_report")
         for field in DETECTION_FIGURES if isinstance(report, dict) else ():
@@ -302,9 +302,9 @@ def _aggregate_reasons(bundle: dict[str, Any], tolerance: float) -> list[str]:
         cases, aggregates = cell.get("cases"), cell.get("aggregates")
         if not isinstance(cases, list) or not isinstance(aggregates, dict):
             continue
-        for metric in (*METRICS, *DISTANCE_METRICS):
+        for metric in (*METRICS, *OPTIONAL_METRICS):
             values = [c.get(metric) for c in cases if isinstance(c, dict)]
-            if metric in DISTANCE_METRICS:  # null: not measured (no geometry); the aggregate is over the measured cases
+            if metric in OPTIONAL_METRICS:  # null: not measured; the aggregate is over the measured cases
                 values = [math.nan if v is None else v for v in values]
             if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 continue

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import benchmark
-from benchmark import DISTANCE_METRICS, METRICS, BenchError, ResultStore, run_sweep, validate_config
+from benchmark import (
+    DISTANCE_METRICS, LESION_METRICS, LOWER_IS_BETTER, METRICS, OPTIONAL_METRICS, BenchError, ResultStore, run_sweep, validate_config,
+)
 
 from .board import Board, Entry
 from .bundle import COUNT_COLUMNS, common_thread_count
@@ -47,7 +49,9 @@ def compare_cases(submitted: list[dict[str, Any]], rerun: list[dict[str, Any]]) 
         of Dice and Jaccard, not of the background (None when no case is shared). ``hd95``,
         when the submitted cases carry it: the largest difference divided by the re-run's
         HD95 (at least 1 mm); unmeasured on both sides counts as equal, measured on one side
-        only gives None (a mismatch).
+        only gives None (a mismatch). ``lesion_dice`` (absolute) and ``lesion_hd95`` (as
+        ``hd95``) are compared on the cases the submitter measured: a submitter without the
+        brats-eval extra left them null, which a re-run with it does not contradict.
     """
     mine = {str(c["case"]): c for c in submitted}
     theirs = {str(c["case"]): c for c in rerun}
@@ -59,6 +63,16 @@ def compare_cases(submitted: list[dict[str, Any]], rerun: list[dict[str, Any]]) 
         if any(metric in mine[c] for c in mine):  # bundles from before HD95 carry none: nothing to compare
             per_case = [_distance_diff(mine[c].get(metric), theirs[c].get(metric)) for c in shared]
             diffs[metric] = None if not per_case or None in per_case else max(per_case)
+    for metric in LESION_METRICS:
+        measured = [c for c in shared if mine[c].get(metric) is not None]
+        if not measured:
+            continue
+        if metric in LOWER_IS_BETTER:
+            per_case = [_distance_diff(mine[c][metric], theirs[c].get(metric)) for c in measured]
+        else:
+            per_case = [None if theirs[c].get(metric) is None or math.isnan(float(theirs[c][metric]))
+                        else abs(float(mine[c][metric]) - float(theirs[c][metric])) for c in measured]
+        diffs[metric] = None if None in per_case else max(per_case)
     fractions = []
     for case in shared:
         foreground = max(sum(int(theirs[case][k]) for k in ("tp", "fp", "fn")), 1)
@@ -150,7 +164,7 @@ def verify_entry(
             with ResultStore(out / "results.sqlite") as store:
                 rerun = store.case_metrics()
                 rerun_environments.extend(store.runs()["environment"])
-            got = [{"case": str(r["case"]), **{k: r[k] for k in (*METRICS, *DISTANCE_METRICS, *COUNT_COLUMNS) if k in r}}
+            got = [{"case": str(r["case"]), **{k: r[k] for k in (*METRICS, *OPTIONAL_METRICS, *COUNT_COLUMNS) if k in r}}
                    for _, r in rerun.iterrows()]
             comparison = compare_cases(cell["cases"], got)
             diffs = comparison["max_abs_diff"]

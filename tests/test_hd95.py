@@ -109,9 +109,9 @@ def test_case_metrics_puts_hd95_per_case_after_the_ratios():
     assert result.loc["a", "hd95"] == 0.0  # a perfect prediction
 
 
-def test_results_csv_appends_hd95_after_the_required_columns():
+def test_results_csv_appends_hd95_and_the_lesion_wise_metrics_after_the_required_columns():
     required = ["cell", "segmenter", "attack", "rate", "defense", "seed", "case", "dice", "jaccard", "accuracy", "sensitivity", "specificity"]
-    assert RESULTS_CSV_COLUMNS == [*required, "hd95"]
+    assert RESULTS_CSV_COLUMNS == [*required, "hd95", "lesion_dice", "lesion_hd95"]
 
 
 def test_summary_hd95_is_lower_is_better():
@@ -129,7 +129,8 @@ def test_summary_hd95_is_lower_is_better():
                                  hd95=level + 0.5 * case + 0.2 * seed))
     table = summary_table(pd.DataFrame(cells), pd.DataFrame(rows))
     assert list(table.columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
-    assert list(table.columns[-len(DISTANCE_SUMMARY_COLUMNS):]) == DISTANCE_SUMMARY_COLUMNS
+    distance_start = list(table.columns).index("hd95")
+    assert list(table.columns[distance_start: distance_start + len(DISTANCE_SUMMARY_COLUMNS)]) == DISTANCE_SUMMARY_COLUMNS
     summary = table.set_index("attack")
     hit, clean = summary.loc["gan"], summary.loc["none"]
     assert hit["drop"] == pytest.approx(0.2)  # Dice fell: positive drop

@@ -35,8 +35,19 @@ def _schema_2_database(path) -> None:
         for i, rate in enumerate((0.0, 0.5, 1.0)):
             store.write(_record(f"k{i}", rate))
     with sqlite3.connect(path) as db:
-        db.execute("ALTER TABLE case_metrics DROP COLUMN hd95")
+        for column in ("lesion_hd95", "lesion_dice", "hd95"):
+            db.execute(f"ALTER TABLE case_metrics DROP COLUMN {column}")
         db.execute("PRAGMA user_version=2")
+
+
+def _schema_3_database(path) -> None:
+    """A results database as a release of schema 3 wrote it: ``hd95`` measured, no lesion-wise columns."""
+    with ResultStore(path) as store:
+        store.write(_record("k0", 0.0, hd95=[1.0, 2.0, 3.0]))
+    with sqlite3.connect(path) as db:
+        for column in ("lesion_hd95", "lesion_dice"):
+            db.execute(f"ALTER TABLE case_metrics DROP COLUMN {column}")
+        db.execute("PRAGMA user_version=3")
 
 
 def _tables(path) -> dict[str, list[tuple]]:
@@ -62,11 +73,29 @@ def test_a_schema_2_database_is_migrated_and_keeps_every_row(tmp_path):
     for table, rows in before.items():
         assert set(rows) <= set(after[table]), table  # ... and nothing lost or changed
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     with ResultStore(path) as store:
         hd95 = store.case_metrics(["k3"]).set_index("case")["hd95"]
         assert hd95["a"] == 1.5 and hd95["b"] == 2.5 and np.isnan(hd95["c"])
+
+
+def test_a_schema_3_database_gains_the_lesion_wise_columns_and_keeps_its_hd95(tmp_path):
+    path = tmp_path / "results.sqlite"
+    _schema_3_database(path)
+    with ResultStore(path) as store:
+        cases = store.case_metrics().set_index("case")
+        assert list(cases["hd95"]) == [1.0, 2.0, 3.0]
+        assert cases[["lesion_dice", "lesion_hd95"]].isna().all().all()  # stored before them: not measured
+        record = _record("k1", 0.5, hd95=[1.0, 1.0, 1.0])
+        record.case_metrics["lesion_dice"] = [0.5, np.nan, 1.0]
+        record.case_metrics["lesion_hd95"] = [4.0, np.nan, 0.0]
+        store.write(record)
+        lesions = store.case_metrics(["k1"]).set_index("case")
+    assert list(lesions["lesion_dice"].fillna(-1)) == [0.5, -1, 1.0] and list(lesions["lesion_hd95"].fillna(-1)) == [4.0, -1, 0.0]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("SELECT hd95 FROM case_metrics WHERE cell_key = 'k0' ORDER BY case_id").fetchall() == [(1.0,), (2.0,), (3.0,)]
 
 
 def test_a_migrated_database_is_refused_by_a_release_that_writes_without_hd95(tmp_path):
@@ -96,7 +125,8 @@ def test_two_processes_migrating_at_once(tmp_path):
     _schema_2_database(path)
     other = sqlite3.connect(path, isolation_level=None, timeout=60)
     other.execute("BEGIN IMMEDIATE")
-    other.execute("ALTER TABLE case_metrics ADD COLUMN hd95 REAL")
+    for column in ("hd95", "lesion_dice", "lesion_hd95"):
+        other.execute(f"ALTER TABLE case_metrics ADD COLUMN {column} REAL")
     other.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     outcome: list[object] = []
 
