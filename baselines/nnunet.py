@@ -126,6 +126,10 @@ class NnUNetSegmenter(Segmenter):
     needs_cases: ClassVar[bool] = True
 
     @classmethod
+    def missing_requirement(cls) -> str | None:
+        return nnunet_missing()
+
+    @classmethod
     def summary(cls) -> str:
         """The docstring's first line, or what to install when nnunetv2 is missing."""
         if nnunet_missing() is not None:

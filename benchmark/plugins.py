@@ -109,6 +109,11 @@ class Plugin:
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
 
+    @classmethod
+    def missing_requirement(cls) -> str | None:
+        """What to install before this plugin can run (an optional extra), or None when it can."""
+        return None
+
     def bind(self, context: RunContext) -> None:
         """Receive the cell's context before any other call."""
         self.context = context

@@ -39,6 +39,8 @@ REFERENCE_CONFIGS = (
     Path("configs/defenses.yaml"),
     Path("configs/defenses-family.yaml"),
     Path("configs/paper-regime.yaml"),
+    Path("configs/paper-unet3d.yaml"),
+    Path("configs/paper-nnunet.yaml"),
 )
 """The configs behind the reference board, in board order; those not in the checkout are skipped."""
 DEFAULT_SITE = Path("leaderboard") / "published"
@@ -49,7 +51,7 @@ REFERENCE_AFFILIATION = "poisonbench"
 
 @dataclass
 class ReferenceOutcome:
-    """What happened to one config: ``added``, ``replaced``, ``unchanged`` or ``failed`` (with why)."""
+    """What happened to one config: ``added``, ``replaced``, ``unchanged``, ``failed`` or ``skipped`` (with why)."""
 
     config: Path
     run_dir: Path
@@ -75,6 +77,35 @@ class RebuildResult:
 def reference_configs(root: str | Path = ".") -> list[Path]:
     """The reference configs present under ``root``, in board order."""
     return [path for path in REFERENCE_CONFIGS if (Path(root) / path).is_file()]
+
+
+def missing_requirements(path: str | Path) -> list[str]:
+    """What the plugins a config names need installed first (``bench list``'s "needs ..."), one line each.
+
+    Read from the file's plugin names alone, so that a config whose extra is missing is told
+    apart from an invalid one before validation refuses it.
+    """
+    import yaml
+
+    from benchmark.catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []  # validation reports it
+    if not isinstance(raw, dict):
+        return []
+    named = [(DATASETS, raw.get("dataset"))]
+    named += [(registry, spec) for registry, key in ((SEGMENTERS, "segmenters"), (ATTACKS, "attacks"), (DEFENSES, "defenses"))
+              for spec in (raw.get(key) if isinstance(raw.get(key), list) else [])]
+    needs = []
+    for registry, spec in named:
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        if isinstance(name, str) and name in registry:
+            missing = registry.get(name).missing_requirement()
+            if missing:
+                needs.append(f"{registry.kind} '{name}' {missing}")
+    return needs
 
 
 def _submitter(config: Path) -> dict[str, str]:
@@ -166,10 +197,17 @@ def rebuild_reference(
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise BenchError(f"config file(s) not found: {', '.join(missing)}")
+    result = RebuildResult()
+    if not configs:  # the default set: a config whose optional extra is missing is skipped (its entry kept), not an error
+        for path in list(paths):
+            needs = missing_requirements(path)
+            if needs:
+                paths.remove(path)
+                result.outcomes.append(ReferenceOutcome(path, Path(runs or ".") / path.stem, "skipped", message="; ".join(needs)))
+                log(f"{path}: skipped, its entry kept: {'; '.join(needs)}")
     # every config is validated before the first one runs: a typo must not wait hours
     loaded = [(path, benchmark.load_config(path, list(overrides))) for path in paths]
     board_ = Board(board)
-    result = RebuildResult()
     with tempfile.TemporaryDirectory(prefix="poisonbench-reference-") as tmp:
         for path, config in loaded:
             run_dir = Path(runs) / path.stem if runs is not None else Path(config.out)

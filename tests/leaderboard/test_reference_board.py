@@ -24,7 +24,7 @@ from benchmark.cli import main
 from leaderboard import Board, build_site
 from leaderboard.board import INDEX_NAME
 from leaderboard.site import BuildResult
-from leaderboard.reference import REFERENCE_CONFIGS, _publish, reference_configs
+from leaderboard.reference import REFERENCE_CONFIGS, _publish, missing_requirements, reference_configs
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED_BOARD = REPO / "leaderboard" / "entries"
@@ -109,6 +109,23 @@ def test_rebuild_reference_end_to_end(tiny_checkout, capsys):
     assert set(index["entries"]) == {replaced.entry_id}
 
 
+def test_a_default_config_whose_extra_is_missing_is_skipped_and_its_entry_kept(tiny_checkout, capsys, monkeypatch):
+    import baselines.nnunet as nnunet_plugin
+
+    monkeypatch.setattr(nnunet_plugin, "nnunet_missing", lambda: "needs nnunetv2; install it with: pip install 'poisonbench[nnunet]'")
+    (tiny_checkout / "configs" / "paper.yaml").write_text(TINY)
+    (tiny_checkout / "configs" / "paper-nnunet.yaml").write_text(TINY.replace("{name: unet, epochs: 2, batch_size: 8, lr: 0.003, channels: [4, 8, 16]}", "{name: nnunet, epochs: 1}"))
+    code = main(["leaderboard", "rebuild-reference", "--runs", "runs", "--board", "board", "--site", "site", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "configs/paper-nnunet.yaml: skipped, its entry kept: segmenter 'nnunet' needs nnunetv2; install it with: pip install 'poisonbench[nnunet]'" in out
+    assert "added poisonbench-reference-paper-" in out and not (tiny_checkout / "runs" / "paper-nnunet").exists()
+    # named explicitly, the same config is an error before anything runs (exit 2), as 'bench validate' says
+    assert main(["leaderboard", "rebuild-reference", "--config", "configs/paper-nnunet.yaml", "--runs", "runs", "--board", "board",
+                 "--site", "site", "--quiet"]) == 2
+    assert "poisonbench[nnunet]" in capsys.readouterr().err
+
+
 def test_no_run_refuses_a_study_that_was_not_run(tiny_checkout, capsys):
     assert _rebuild("--no-run") == 1
     err = capsys.readouterr().err
@@ -133,6 +150,9 @@ def test_the_reference_configs_are_present_and_valid():
     assert [str(p) for p in present[:3]] == ["configs/paper.yaml", "configs/defenses.yaml", "configs/defenses-family.yaml"]
     assert set(present) <= set(REFERENCE_CONFIGS)
     for path in present:
+        if missing_requirements(REPO / path):  # an extra not installed here: validation names it (tested above)
+            assert all("pip install 'poisonbench[" in line for line in missing_requirements(REPO / path))
+            continue
         load_config(REPO / path)  # raises with the key path when a reference config is invalid
 
 
