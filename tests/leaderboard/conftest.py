@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import DISTANCE_METRICS, METRICS, ResultStore, metrics_from_confusion
+from benchmark import METRICS, OPTIONAL_METRICS, ResultStore, metrics_from_confusion
 from benchmark.store import CellRecord
 from leaderboard import compute_digest
 from leaderboard.bundle import AGGREGATE_METHOD, _aggregates
@@ -103,7 +103,7 @@ def reseal(bundle: dict, recompute_aggregates: bool = False) -> dict:
     if recompute_aggregates:
         for cell in bundle["cells"]:
             cell["aggregates"] = {m: _aggregates(np.array([np.nan if c.get(m) is None else c[m] for c in cell["cases"]], dtype=float))
-                                  for m in (*METRICS, *DISTANCE_METRICS) if all(m in c for c in cell["cases"])}
+                                  for m in (*METRICS, *OPTIONAL_METRICS) if all(m in c for c in cell["cases"])}
     bundle["digest"] = compute_digest(bundle)
     return bundle
 

@@ -203,6 +203,46 @@ def test_compare_cases_compares_hd95(bundle, helpers):
     assert "hd95" not in compare_cases(old, cases)["max_abs_diff"]
 
 
+def _with_lesion_metrics(bundle: dict, helpers, unmeasured: int = 0) -> dict:
+    """``bundle`` with lesion-wise Dice and HD95 on its cases, the first ``unmeasured`` of each cell null."""
+    b = copy.deepcopy(bundle)
+    for cell in b["cells"]:
+        for j, case in enumerate(cell["cases"]):
+            case["lesion_dice"] = None if j < unmeasured else min(1.0, case["dice"] + 0.05)
+            case["lesion_hd95"] = None if j < unmeasured else 2.0 + j
+    return helpers.reseal(b, recompute_aggregates=True)
+
+
+def test_lesion_wise_aggregates_are_recomputed_and_checked(bundle, helpers, tmp_path):
+    honest = _with_lesion_metrics(bundle, helpers, unmeasured=1)
+    cell = honest["cells"][0]
+    assert cell["aggregates"]["lesion_dice"]["n"] == len(cell["cases"]) - 1
+    Board(tmp_path / "board").add(helpers.dump(honest, tmp_path / "honest.json"))
+    forged = copy.deepcopy(honest)
+    forged["cells"][0]["aggregates"]["lesion_dice"]["mean"] += 0.1  # better than its cases give
+    reasons = _refusals(helpers.reseal(forged), helpers, tmp_path, board=tmp_path / "b1")
+    assert any(r.startswith("aggregate: cells/0/aggregates/lesion_dice/mean is") for r in reasons)
+    out_of_range = copy.deepcopy(honest)
+    out_of_range["cells"][0]["cases"][2]["lesion_dice"] = 1.5
+    reasons = _refusals(helpers.reseal(out_of_range, recompute_aggregates=True), helpers, tmp_path, board=tmp_path / "b2")
+    assert any(r.startswith("range: cells/0/cases/2/lesion_dice: 1.5 is not in [0, 1]") for r in reasons)
+
+
+def test_compare_cases_compares_lesion_wise_metrics_where_the_submitter_measured_them(bundle, helpers):
+    cases = _with_lesion_metrics(bundle, helpers)["cells"][0]["cases"]
+    same = compare_cases(cases, copy.deepcopy(cases))["max_abs_diff"]
+    assert same["lesion_dice"] == 0 and same["lesion_hd95"] == 0
+    rerun = copy.deepcopy(cases)
+    rerun[1]["lesion_dice"] -= 0.25
+    rerun[2]["lesion_hd95"] = float("nan")  # submitted, not measured by the re-run (no extra there)
+    diffs = compare_cases(cases, rerun)["max_abs_diff"]
+    assert diffs["lesion_dice"] == pytest.approx(0.25) and diffs["lesion_hd95"] is None
+    # a submitter without the extra left them null: a re-run that measured them does not contradict it
+    unmeasured = _with_lesion_metrics(bundle, helpers, unmeasured=100)["cells"][0]["cases"]
+    diffs = compare_cases(unmeasured, cases)["max_abs_diff"]
+    assert "lesion_dice" not in diffs and "lesion_hd95" not in diffs
+
+
 def test_verify_compares_hd95(bundle, helpers, tmp_path, monkeypatch):
     measured = _with_hd95(bundle, helpers)
     board = Board(tmp_path / "board")
