@@ -87,7 +87,7 @@ def missing_requirements(path: str | Path) -> list[str]:
     """
     import yaml
 
-    from benchmark.catalog import ATTACKS, DATASETS, DEFENSES, SEGMENTERS
+    from benchmark import ATTACKS, DATASETS, DEFENSES, SEGMENTERS
 
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
