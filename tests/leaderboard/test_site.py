@@ -75,3 +75,21 @@ def test_formula_cells_are_neutralised_in_csv(bundle, helpers, tmp_path):
     with (tmp_path / "site" / "leaderboard.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {r["submitter"] for r in rows} == {"'=cmd|' /C calc'!A0"}
+
+
+def test_an_entry_without_defenses_says_so_instead_of_an_empty_table(bundle, helpers, tmp_path):
+    undefended = copy.deepcopy(bundle)
+    undefended["cells"] = [c for c in undefended["cells"] if c["config"]["defense"]["name"] == "none"]
+    undefended["provenance"]["cell_keys"] = sorted(c["key"] for c in undefended["cells"])
+    board = Board(tmp_path / "board")
+    board.add(helpers.dump(helpers.reseal(undefended), tmp_path / "undefended.json"))
+    defended = Board(tmp_path / "board2")
+    defended.add(helpers.dump(bundle, tmp_path / "defended.json"))
+    build_site(board, tmp_path / "site")
+    build_site(defended, tmp_path / "site2")
+    [page] = (tmp_path / "site" / "entries").glob("*.html")
+    html = page.read_text(encoding="utf-8")
+    assert 'id="defenses"' not in html and "This entry runs no defense" in html
+    [page] = (tmp_path / "site2" / "entries").glob("*.html")
+    html = page.read_text(encoding="utf-8")
+    assert 'id="defenses"' in html and "This entry runs no defense" not in html
