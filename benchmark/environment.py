@@ -56,7 +56,9 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     versions = {}
-    for dist in ("poisonbench", "torch", "monai", "numpy", "nibabel", "pandas", "pydantic", "scikit-learn"):
+    # the optional extras that compute a cell's numbers are recorded too (None: not installed)
+    for dist in ("poisonbench", "torch", "monai", "numpy", "nibabel", "pandas", "pydantic", "scikit-learn", "nnunetv2",
+                 "brats-evaluation", "panoptica"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

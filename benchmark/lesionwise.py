@@ -1,7 +1,7 @@
 """Lesion-wise Dice and HD95 through the BraTS challenge's own evaluation (optional extra).
 
-BraTS has ranked lesion-wise since 2023: each connected component of the reference is a
-lesion, matched to predicted components, and scored on its own. The challenge's code is the
+Lesion-wise scoring treats each connected component of the reference as a lesion, matches
+it to predicted components, and scores each match on its own. The challenge's code is the
 ``brats-evaluation`` package (AGPL-3.0, hence an extra: ``pip install
 'poisonbench[brats-eval]'``), built on ``panoptica``. Where it is installed, every case
 gains two columns, computed by the package's bundled glioma config (``config_path("gli")``:
@@ -12,7 +12,13 @@ as its own ``parse_seg_results`` reduces them:
   matched lesions (0 when no lesion is matched);
 - ``lesion_hd95``: ``lesionwise_hd95_mean``, panoptica's ``sq_hd95`` (mm), the mean HD95
   of the matched lesions; where none is matched the package gives infinity, stored here as
-  the diagonal of the case's volume, as `benchmark.metrics.hd95` and BraTS (373 mm) do.
+  the diagonal of the case's volume, the rule of `benchmark.metrics.hd95`.
+
+This is the package's glioma reduction, segmentation quality over the matched lesions: a
+missed or a spurious lesion does not lower it (only a case with no match scores 0), unlike
+the BraTS 2023 ranking, which counts each as Dice 0 and 374 mm; read it beside Dice,
+which does count them. Unevenly spaced slices are stacked with empty gaps
+(`benchmark.metrics`), which may cut one lesion into several.
 
 The harness's target is one binary region, so each case is written as that region alone
 (label 3 of the glioma config, its ``et`` group; the config's rules are the same for every
@@ -35,10 +41,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["LESION_METRICS", "LESIONWISE_EXTRA", "lesionwise_missing", "lesionwise_scores"]
+__all__ = ["LESION_METRICS", "LESION_LOWER_IS_BETTER", "LESIONWISE_EXTRA", "lesionwise_missing", "lesionwise_scores",
+           "lesionwise_or_nan"]
 
 LESION_METRICS: tuple[str, ...] = ("lesion_dice", "lesion_hd95")
 """Per-case lesion-wise columns, after ``hd95``; NaN where the extra is not installed."""
+LESION_LOWER_IS_BETTER: tuple[str, ...] = ("lesion_hd95",)
 LESIONWISE_EXTRA = "brats-eval"
 _REGION_LABEL = 3
 _REGION_GROUP = "et"
@@ -94,3 +102,20 @@ def lesionwise_scores(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[flo
     if not math.isfinite(distance):
         distance = math.sqrt(sum((n * float(d)) ** 2 for n, d in zip(pred.shape, spacing)))
     return dice, distance
+
+
+_failure_reported = False
+
+
+def lesionwise_or_nan(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], case: str) -> tuple[float, float]:
+    """`lesionwise_scores`, or NaN for both with one warning per process when the package fails:
+    an optional metric does not fail a trained cell."""
+    global _failure_reported
+    try:
+        return lesionwise_scores(pred, truth, spacing)
+    except Exception as exc:  # noqa: BLE001 - any failure of the optional package
+        if not _failure_reported:
+            _failure_reported = True
+            warnings.warn(f"lesion-wise metrics not measured (case {case} and later failures): {type(exc).__name__}: {exc}",
+                          RuntimeWarning, stacklevel=2)
+        return math.nan, math.nan

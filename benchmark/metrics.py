@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .geometry import SliceGeometry
-from .lesionwise import LESION_METRICS, lesionwise_missing, lesionwise_scores
+from .lesionwise import LESION_LOWER_IS_BETTER, LESION_METRICS, lesionwise_missing, lesionwise_or_nan
 
 __all__ = [
     "METRICS", "DISTANCE_METRICS", "LOWER_IS_BETTER", "confusion_by_case", "metrics_from_confusion", "case_metrics",
@@ -54,7 +54,7 @@ DISTANCE_METRICS: tuple[str, ...] = ("hd95",)
 OPTIONAL_METRICS: tuple[str, ...] = (*DISTANCE_METRICS, *LESION_METRICS)
 """Per-case metrics after the five ratios, NaN where not measured: ``hd95`` (no geometry),
 ``lesion_dice`` and ``lesion_hd95`` (no geometry, or the brats-eval extra missing)."""
-LOWER_IS_BETTER: frozenset[str] = frozenset((*DISTANCE_METRICS, "lesion_hd95"))
+LOWER_IS_BETTER: frozenset[str] = frozenset((*DISTANCE_METRICS, *LESION_LOWER_IS_BETTER))
 """Metrics where a smaller value is better: an attack raises them."""
 
 
@@ -208,7 +208,7 @@ def case_lesionwise(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, g
     for case in cases:
         rows = np.flatnonzero(case_ids == case)
         case_pred, case_truth, spacing = _case_masks(pred, truth, geometry, rows, case)
-        frame.loc[case, list(LESION_METRICS)] = lesionwise_scores(case_pred, case_truth, spacing)
+        frame.loc[case, list(LESION_METRICS)] = lesionwise_or_nan(case_pred, case_truth, spacing, case)
     return frame
 
 

@@ -111,7 +111,11 @@ class Plugin:
 
     @classmethod
     def missing_requirement(cls) -> str | None:
-        """What to install before this plugin can run (an optional extra), or None when it can."""
+        """What to install before this plugin can run (an optional extra), or None when it can.
+
+        ``bench leaderboard rebuild-reference`` skips a default reference config naming such a
+        plugin; the plugin's own parameters model refuses it at validation (exit 2).
+        """
         return None
 
     def bind(self, context: RunContext) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import benchmark
-from benchmark import METRICS, OPTIONAL_METRICS, BenchError, ResultStore, aggregate
+from benchmark import LESION_METRICS, METRICS, OPTIONAL_METRICS, BenchError, ResultStore, aggregate
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -151,16 +151,18 @@ def export_bundle(
     cells = []
     for _, run in finished.sort_values("cell_key").iterrows():
         rows = cases[cases["cell"] == run["cell_key"]]
+        # lesion-wise metrics only where the cell measured them: a bundle without them stays readable by older boards
+        optional = [m for m in OPTIONAL_METRICS if m in rows and (m not in LESION_METRICS or rows[m].notna().any())]
         per_case = [
             {"case": str(r["case"]), **{m: float(r[m]) for m in METRICS}, **{c: int(r[c]) for c in COUNT_COLUMNS},
-             **{m: finite_or_none(float(r[m])) for m in OPTIONAL_METRICS if m in r}}
+             **{m: finite_or_none(float(r[m])) for m in optional}}
             for _, r in rows.iterrows()
         ]
         cells.append(
             {
                 "key": str(run["cell_key"]),
                 "config": run["config"],
-                "aggregates": {m: _aggregates(rows[m].to_numpy()) for m in (*METRICS, *OPTIONAL_METRICS) if m in rows},
+                "aggregates": {m: _aggregates(rows[m].to_numpy()) for m in (*METRICS, *optional)},
                 "cases": per_case,
                 "attack_report": run["attack_report"] or None,
                 "defense_report": run["defense_report"] or None,

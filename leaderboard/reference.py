@@ -32,7 +32,7 @@ from .site import BuildResult, build_site
 from .validate import results_fingerprint
 
 __all__ = ["DEFAULT_SITE", "REFERENCE_CONFIGS", "REFERENCE_SUBMITTER", "ReferenceOutcome", "RebuildResult", "rebuild_reference",
-           "reference_configs"]
+           "missing_requirements", "reference_configs"]
 
 REFERENCE_CONFIGS = (
     Path("configs/paper.yaml"),
@@ -80,10 +80,10 @@ def reference_configs(root: str | Path = ".") -> list[Path]:
 
 
 def missing_requirements(path: str | Path) -> list[str]:
-    """What the plugins a config names need installed first (``bench list``'s "needs ..."), one line each.
+    """What the plugins a config file names need installed first (`Plugin.missing_requirement`), one line each.
 
-    Read from the file's plugin names alone, so that a config whose extra is missing is told
-    apart from an invalid one before validation refuses it.
+    Read from the file's plugin names alone (``--set`` overrides are not applied), so that a
+    config whose extra is missing is told apart from an invalid one before validation refuses it.
     """
     import yaml
 
@@ -203,7 +203,8 @@ def rebuild_reference(
             needs = missing_requirements(path)
             if needs:
                 paths.remove(path)
-                result.outcomes.append(ReferenceOutcome(path, Path(runs or ".") / path.stem, "skipped", message="; ".join(needs)))
+                result.outcomes.append(ReferenceOutcome(path, Path(runs) / path.stem if runs is not None else path, "skipped",
+                                                        message="; ".join(needs)))
                 log(f"{path}: skipped, its entry kept: {'; '.join(needs)}")
     # every config is validated before the first one runs: a typo must not wait hours
     loaded = [(path, benchmark.load_config(path, list(overrides))) for path in paths]

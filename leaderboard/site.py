@@ -80,8 +80,7 @@ CSV_COLUMNS = [
     "entry", "status", "submitter", "dataset", "segmenter", "attack", "rate", "defense", "seeds", "cases",
     "dice", "dice_ci_low", "dice_ci_high", "accuracy", "sensitivity", "clean_dice", "drop", "p_value", "significant",
     "auroc", "ap", "drop_ci_low", "drop_ci_high", "p_holm", "seeds_note", "poisoned_share",
-    "hd95", "hd95_ci_low", "hd95_ci_high", "hd95_rise", "hd95_rise_ci_low", "hd95_rise_ci_high",
-    *benchmark.LESION_SUMMARY_COLUMNS,
+    *benchmark.DISTANCE_SUMMARY_COLUMNS, *benchmark.LESION_SUMMARY_COLUMNS,
 ]
 
 

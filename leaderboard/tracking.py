@@ -8,12 +8,14 @@ run per cell of the study:
 - metrics of a finished cell, every number from the analysis layer of ``benchmark``:
   per metric ``m`` its mean, ``m_std``, ``m_ci_low``, ``m_ci_high`` over the cell's
   validation cases (`benchmark.summary_frame`, the per-cell table of ``bench report``),
-  and the same four of ``hd95`` (mm, lower is better) over the cases that measured it
-  (`benchmark.aggregate`, as ``summary_frame`` aggregates the others);
+  and the same four of ``hd95``, ``lesion_dice`` and ``lesion_hd95`` (`benchmark.OPTIONAL_METRICS`)
+  over the cases that measured them (`benchmark.aggregate`, as ``summary_frame`` aggregates
+  the others; none measured: left out);
   ``drop``, ``drop_ci_low``, ``drop_ci_high``: Dice of the clean cell of the same
   segmenter and seed minus this cell's, paired over cases (`benchmark.drop_interval`);
   ``group.*``: the cell's group over every seed of the study (`benchmark.summary_table`:
-  Dice, drop, p-values, HD95 and its rise over the clean baseline; `benchmark.defense_effect`:
+  Dice, drop, p-values, HD95 and its rise, the lesion-wise metrics and their drop and rise,
+  over the clean baseline; `benchmark.defense_effect`:
   recovery, clean cost);
   ``detection.*`` and ``attack.*``: the numbers the defense and the attack reported for
   the cell (AUROC, AP, precision, recall, F1, removed fraction; poisoned share, ...).

@@ -152,6 +152,11 @@ def verify_entry(
     """
     entry = board.get(ident)
     cells = choose_cells(entry, which, seed)
+    lesion_measured = any(c.get(m) is not None for cell in cells for c in cell["cases"] for m in LESION_METRICS)
+    if lesion_measured and benchmark.lesionwise_missing():
+        # a re-run without the extra could not reproduce them: an honest entry would read as a mismatch
+        raise BenchError(f"{entry.entry_id}: its cells carry lesion-wise metrics, which this install cannot compute: "
+                         f"{benchmark.lesionwise_missing()}; nothing was re-run or recorded.")
     threads = threads or entry.submission["provenance"].get("torch_threads")
     outcomes = []
     rerun_environments: list[dict[str, Any]] = []

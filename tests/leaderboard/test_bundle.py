@@ -122,3 +122,22 @@ def test_build_empty_board(tmp_path):
 def test_no_nan_anywhere_in_outputs(results_dir, tmp_path):
     bundle = export_bundle(results_dir)
     assert all(math.isfinite(v) for c in bundle["cells"] for case in c["cases"] for k, v in case.items() if k in METRICS)
+
+
+def test_lesion_wise_metrics_are_exported_only_where_a_cell_measured_them(results_dir):
+    import sqlite3
+
+    plain = export_bundle(results_dir, {"name": "Jane Doe", "affiliation": "", "link": ""})
+    assert all("lesion_dice" not in case and "lesion_hd95" not in case for cell in plain["cells"] for case in cell["cases"])
+    assert all("lesion_dice" not in cell["aggregates"] for cell in plain["cells"])  # older boards read it unchanged
+    measured_key = plain["cells"][0]["key"]
+    with sqlite3.connect(results_dir / "results.sqlite") as db:
+        db.execute("UPDATE case_metrics SET lesion_dice = 0.5 + 0.01 * rowid % 7, lesion_hd95 = 3.0 WHERE cell_key = ?", (measured_key,))
+    bundle = export_bundle(results_dir, {"name": "Jane Doe", "affiliation": "", "link": ""})
+    assert not list(Draft202012Validator(load_schema()).iter_errors(bundle))
+    cell = next(c for c in bundle["cells"] if c["key"] == measured_key)
+    values = [case["lesion_dice"] for case in cell["cases"]]
+    assert all(isinstance(v, float) for v in values) and cell["aggregates"]["lesion_hd95"]["mean"] == 3.0
+    assert cell["aggregates"]["lesion_dice"]["mean"] == pytest.approx(aggregate(np.array(values)).mean)
+    others = [c for c in bundle["cells"] if c["key"] != measured_key]
+    assert all("lesion_dice" not in case for c in others for case in c["cases"])

@@ -260,3 +260,14 @@ def test_verify_compares_hd95(bundle, helpers, tmp_path, monkeypatch):
     record = verify_entry(board, entry.entry_id, key)
     assert record["status"] == "mismatch" and record["cells"][0]["max_abs_diff"]["dice"] == 0
     assert record["cells"][0]["max_abs_diff"]["hd95"] == pytest.approx(3.0 / (measured["cells"][0]["cases"][5]["hd95"] + 3.0))
+
+
+def test_verify_without_the_extra_refuses_an_entry_with_lesion_wise_metrics(bundle, helpers, tmp_path, monkeypatch):
+    import benchmark
+
+    board = Board(tmp_path / "board")
+    entry = board.add(helpers.dump(_with_lesion_metrics(bundle, helpers), tmp_path / "lesions.json"))
+    monkeypatch.setattr(benchmark, "lesionwise_missing", lambda: "needs brats-evaluation; install it with: pip install 'poisonbench[brats-eval]'")
+    with pytest.raises(benchmark.BenchError, match=r"lesion-wise metrics.*poisonbench\[brats-eval\].*nothing was re-run"):
+        verify_entry(board, entry.entry_id, "sample")
+    assert not board.get(entry.entry_id).verified and board.get(entry.entry_id).verification is None
