@@ -173,6 +173,7 @@ def test_config_becomes_the_jobs_sbatch_options(tiny_config, tmp_path):
     assert str(executor.folder).startswith(str((tmp_path / "out").resolve()))
 
 
+@needs_submitit
 @pytest.mark.parametrize(
     "device, gpus, expected",
     [("auto", 0, "cpu"), ("auto", 1, "cuda"), ("cpu", 2, "cpu"), ("cuda", 1, "cuda"), ("cuda", 0, "error")],

@@ -84,12 +84,14 @@ def test_with_crop_the_reference_is_one_window_of_each_target():
     assert GanTrainer(GanConfig(crop=0, stealth=True, **TRAINER), "cpu", 0)._stealth_reference(b) is b
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_stealth_moves_held_out_statistics_toward_real(seed):
-    """Same budget, stealth off vs on: on held-out slices, the defenses' own measures of the synthetic
-    target move toward the real target's (spectral's spectrum, mriqc's SNR) and so does the stealth
-    loss of a reference built from the held-out real slices (measured at this size: spectrum
-    distance 0.42-0.51 off, 0.11-0.15 on; |log SNR| gap 2.3-2.7 off, 0.2-0.7 on)."""
+def test_stealth_moves_held_out_statistics_toward_real():
+    """Same budget, stealth off vs on, over four generator seeds: on held-out slices, the defenses' own
+    measures of the synthetic target move toward the real target's (spectral's spectrum, mriqc's SNR),
+    and so does the stealth loss of a reference built from the held-out real slices. Measured at this
+    size over seeds 0-7 under torch 2.13 and 2.14 at one thread: on / off ratios of about 0.2-0.45
+    (spectrum), 0.02-0.35 (SNR gap) and 0.13-0.68 (loss), except one seed in eight whose stealth
+    training destabilises (ratios 0.7-0.9, 2-4) and which seed that is depends on the torch build:
+    hence the median over seeds, and three of four seeds improving every measure."""
     data = toy_sliceset(cases=8, slices=4, size=32, seed=1)
     a, b = np.clip(data.images[:, 4:5], -5, 5), data.images[:, 1:2]
     train, held = slice(0, 24), slice(24, 32)
@@ -97,7 +99,7 @@ def test_stealth_moves_held_out_statistics_toward_real(seed):
     head = real != 0
     judge = StealthLoss(real)
 
-    def measure(stealth: bool) -> tuple[float, float, float]:
+    def measure(stealth: bool, seed: int) -> np.ndarray:
         trainer = _train(GanConfig(epochs=4, lr_g=2e-3, stealth=stealth, **TRAINER), a[train], b[train], seed)
         fake = translate(trainer.generator, a[held])[:, None] * head
         spectrum = np.abs(radial_spectrum(fake[:, 0]).mean(0) - radial_spectrum(real[:, 0]).mean(0)).mean()
@@ -106,12 +108,12 @@ def test_stealth_moves_held_out_statistics_toward_real(seed):
             for i in (0, 4)
         ])
         loss = float(judge(torch.from_numpy(fake), torch.from_numpy(head)))
-        return spectrum, snr_gap, loss
+        return np.array([spectrum, snr_gap, loss])
 
-    off, on = measure(False), measure(True)
-    assert on[0] < 0.5 * off[0], (off, on)
-    assert on[1] < 0.5 * off[1], (off, on)
-    assert on[2] < 0.6 * off[2], (off, on)
+    ratios = np.array([measure(True, seed) / measure(False, seed) for seed in range(4)])  # [seed, measure]: on / off
+    median = np.median(ratios, axis=0)
+    assert median[0] < 0.5 and median[1] < 0.5 and median[2] < 0.6, ratios
+    assert ((ratios < 1).sum(axis=0) >= 3).all(), ratios
 
 
 # -------------------------------------------------------------------- the plugin
