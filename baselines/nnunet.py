@@ -23,7 +23,11 @@ One cell, in temporary folders that are removed afterwards:
 3. the trainer (``trainer``, with ``epochs`` and ``iterations_per_epoch`` overriding its
    ``num_epochs`` and ``num_iterations_per_epoch`` when set) trains fold ``all``: every training case, no internal split taken from
    the cell's data; its per-epoch pseudo-validation draws from the training cases only
-   and is cut to one batch (it only logs), and the final checkpoint is used;
+   and is cut to one batch (it only logs), and the final checkpoint is used. Training is
+   seeded from the cell's seed (torch, numpy's and Python's global generators before the
+   network is built, and the data loader's own patch sampler, which nnU-Net leaves
+   unseeded), so a cell repeats exactly with ``workers: 0`` on the CPU; with ``workers``
+   > 0 nnU-Net's augmentation processes are non-deterministic by design;
 4. ``nnUNetPredictor`` segments each validation case's volume in this process; the
    predicted volume's slices at the case's kept positions come back in row order.
 
@@ -41,6 +45,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -251,6 +256,7 @@ class NnUNetSegmenter(Segmenter):
         preprocess_dataset(_DATASET_ID, _PLANS, (self.params.configuration,), (processes,), show_progress_bar=False)
         os.environ["nnUNet_n_proc_DA"] = str(self.params.workers)
         torch.set_num_threads(threads)
+        _seed_globally(self.context.seed)  # the network's initial weights
         try:
             trainer = get_trainer_from_args(
                 _DATASET_NAME, self.params.configuration, "all", self.params.trainer, _PLANS, device=self._device()
@@ -263,6 +269,7 @@ class NnUNetSegmenter(Segmenter):
             trainer.num_iterations_per_epoch = self.params.iterations_per_epoch
         # fold 'all' validates on its own training cases: the pseudo-Dice only logs, so one batch does
         trainer.num_val_iterations_per_epoch = 1
+        trainer.get_dataloaders = _seeded_dataloaders(trainer.get_dataloaders, self.context.seed)
         trainer.run_training()
         torch.set_num_threads(threads)
         return Path(trainer.output_folder_base)
@@ -359,3 +366,32 @@ def _tail(root: Path) -> str:
         with contextlib.suppress(OSError):
             lines.extend(path.read_text(errors="replace").splitlines())
     return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+
+def _seed_globally(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seeded_dataloaders(build: Any, seed: int) -> Any:
+    """nnU-Net's ``get_dataloaders``, then every loader's patch sampler and the global generators seeded.
+
+    nnU-Net builds its loaders with an unseeded ``RandomState`` (which cases a batch takes) and
+    draws crops and augmentations from the global generators; both are seeded once the loaders
+    exist (nnU-Net draws and discards one batch while building them).
+    """
+
+    def seeded() -> Any:
+        loaders = build()
+        for offset, loader in enumerate(loaders):
+            sampler = getattr(loader, "data_loader", None)  # SingleThreadedAugmenter (workers: 0)
+            if sampler is not None and hasattr(sampler, "rs"):
+                sampler.rs = np.random.RandomState((seed + offset) % 2**32)
+        _seed_globally(seed)
+        return loaders
+
+    return seeded
+

@@ -172,6 +172,22 @@ def test_a_cell_trains_nnunet_end_to_end_through_bench_run(tmp_path, tiny_config
     assert not list((tmp_path / "tmp").glob("poisonbench-nnunet-*"))
 
 
+@pytest.mark.slow
+def test_a_cell_repeats_exactly(tmp_path, tiny_config, write_config, monkeypatch):
+    """nnU-Net leaves its patch sampler unseeded; the plugin seeds it and the global generators from the
+    cell's seed, so two runs of one cell give the same per-case metrics (workers 0, CPU)."""
+    pytest.importorskip("nnunetv2")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    tiny_config["segmenters"] = [{**TINY_NNUNET, "iterations_per_epoch": 4}]
+    runs = []
+    for name in ("first", "second"):
+        assert main(["run", str(write_config(tiny_config)), "--out", str(tmp_path / name), "--quiet"]) == 0
+        runs.append(pd.read_csv(tmp_path / name / "results.csv").sort_values("case").reset_index(drop=True))
+    columns = ["case", "dice", "jaccard", "accuracy", "sensitivity", "specificity", "hd95"]
+    pd.testing.assert_frame_equal(runs[0][columns], runs[1][columns])
+
+
 def test_runner_hands_a_case_wise_segmenter_slicesets_and_an_artifacts_folder(tmp_path, tiny_config, write_config):
     """`Segmenter.needs_cases`: the runner calls fit_cases / predict_cases with the input channels, case ids and
     geometry, no labels or poison flags, and binds the cell's artifacts folder under the output folder."""
