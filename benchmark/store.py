@@ -232,10 +232,8 @@ class ResultStore:
                     record.error,
                 ),
             )
-            columns = ", ".join(("cell_key", "case_id", *METRICS, "tp", "fp", "tn", "fn", *OPTIONAL_METRICS))
-            db.executemany(
-                f"INSERT INTO case_metrics ({columns}) VALUES ({', '.join('?' * (11 + len(OPTIONAL_METRICS)))})", rows
-            )
+            columns = ("cell_key", "case_id", *METRICS, "tp", "fp", "tn", "fn", *OPTIONAL_METRICS)
+            db.executemany(f"INSERT INTO case_metrics ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", rows)
 
     def runs(self, keys: list[str] | None = None) -> pd.DataFrame:
         """The runs table (JSON columns parsed), optionally limited to some cell keys."""
