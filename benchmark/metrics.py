@@ -160,9 +160,29 @@ def _case_masks(pred: np.ndarray, truth: np.ndarray, geometry: SliceGeometry, ro
     return stacked[0], stacked[1], (row_mm, col_mm, slice_mm * step)
 
 
-def _cases_in_order(case_ids: np.ndarray) -> list[str]:
+def _per_case(
+    pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None,
+    columns: Sequence[str], score,
+) -> pd.DataFrame:
+    """``score(pred, truth, spacing, case)`` -> one value per column, for each case's masks stacked once
+    at their true positions; NaN for every case without geometry. Indexed by case in order of first appearance."""
+    case_ids = np.asarray(case_ids, dtype=str)
     _, first = np.unique(case_ids, return_index=True)
-    return [case_ids[i] for i in sorted(first)]
+    cases = [case_ids[i] for i in sorted(first)]
+    frame = pd.DataFrame(np.nan, index=pd.Index(cases, name="case"), columns=list(columns), dtype=np.float64)
+    if geometry is None:
+        return frame
+    for case in cases:
+        case_pred, case_truth, spacing = _case_masks(pred, truth, geometry, np.flatnonzero(case_ids == case), case)
+        frame.loc[case, list(columns)] = score(case_pred, case_truth, spacing, case)
+    return frame
+
+
+def _lesion_scorer():
+    """`lesionwise_or_nan`, or NaN for both where the brats-eval extra is missing (asked once per call, not per case)."""
+    if lesionwise_missing() is None:
+        return lesionwise_or_nan
+    return lambda *_: (math.nan, math.nan)
 
 
 def case_hd95(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None) -> pd.Series:
@@ -177,17 +197,7 @@ def case_hd95(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometr
     Returns:
         float Series named ``hd95``, indexed by case in order of first appearance.
     """
-    case_ids = np.asarray(case_ids, dtype=str)
-    cases = _cases_in_order(case_ids)
-    values = []
-    for case in cases:
-        if geometry is None:
-            values.append(float("nan"))
-            continue
-        rows = np.flatnonzero(case_ids == case)
-        case_pred, case_truth, spacing = _case_masks(pred, truth, geometry, rows, case)
-        values.append(hd95(case_pred, case_truth, spacing))
-    return pd.Series(values, index=pd.Index(cases, name="case"), name="hd95", dtype=np.float64)
+    return _per_case(pred, truth, case_ids, geometry, ["hd95"], lambda p, t, spacing, _: hd95(p, t, spacing))["hd95"]
 
 
 def case_lesionwise(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, geometry: SliceGeometry | None) -> pd.DataFrame:
@@ -200,16 +210,7 @@ def case_lesionwise(pred: np.ndarray, truth: np.ndarray, case_ids: np.ndarray, g
     Returns:
         float columns `LESION_METRICS`, indexed by case in order of first appearance.
     """
-    case_ids = np.asarray(case_ids, dtype=str)
-    cases = _cases_in_order(case_ids)
-    frame = pd.DataFrame(np.nan, index=pd.Index(cases, name="case"), columns=list(LESION_METRICS), dtype=np.float64)
-    if geometry is None or lesionwise_missing():
-        return frame
-    for case in cases:
-        rows = np.flatnonzero(case_ids == case)
-        case_pred, case_truth, spacing = _case_masks(pred, truth, geometry, rows, case)
-        frame.loc[case, list(LESION_METRICS)] = lesionwise_or_nan(case_pred, case_truth, spacing, case)
-    return frame
+    return _per_case(pred, truth, case_ids, geometry, LESION_METRICS, _lesion_scorer())
 
 
 def case_metrics(
@@ -222,11 +223,14 @@ def case_metrics(
         geometry: the slices' geometry, for HD95 and the lesion-wise metrics in mm; None leaves them NaN.
     """
     result = metrics_from_confusion(confusion_by_case(pred, truth, case_ids))
-    result.insert(len(METRICS), "hd95", case_hd95(pred, truth, case_ids, geometry).reindex(result.index))
-    lesions = case_lesionwise(pred, truth, case_ids, geometry).reindex(result.index)
-    for offset, metric in enumerate(LESION_METRICS, start=len(METRICS) + 1):
-        result.insert(offset, metric, lesions[metric])
-    return result
+    lesions = _lesion_scorer()
+
+    def score(p: np.ndarray, t: np.ndarray, spacing: Sequence[float], case: str) -> tuple[float, ...]:
+        return (hd95(p, t, spacing), *lesions(p, t, spacing, case))
+
+    optional = _per_case(pred, truth, case_ids, geometry, OPTIONAL_METRICS, score).reindex(result.index)
+    counts = [c for c in result.columns if c not in METRICS]
+    return pd.concat([result[list(METRICS)], optional, result[counts]], axis=1)
 
 
 @dataclass(frozen=True)
