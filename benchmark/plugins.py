@@ -29,7 +29,6 @@ __all__ = [
     "Attack",
     "CaseAttack",
     "IntensityAttack",
-    "GenerativeAttack",
     "Defense",
     "DefenseParams",
     "DEFAULT_MAD_K",
@@ -376,55 +375,6 @@ class IntensityAttack(CaseAttack):
         """`poison_case` for a case whose normalisation is unknown (see `benchmark.normalisation`)."""
         return self.poison_case(images, labels, channels, rng, CaseNormalisation(None, None))
 
-
-class GenerativeAttack(IntensityAttack):
-    """An intensity attack whose model synthesises the target channel of whole cases.
-
-    Its parameters carry ``target`` and ``mode``, and it declares the channels its model
-    reads in `source_channels`: ``replace`` swaps the target of the selected cases for
-    synthetic images (`IntensityAttack.poison`), ``add`` appends synthetic copies of them
-    under ``<case>~syn``. Subclasses implement `alter_case` (the model's raw output for
-    one case).
-    """
-
-    def check_channels(self, data: SliceSet) -> None:
-        """Raise `ConfigError` when ``data`` lacks the target or a source channel."""
-        self.channel_of("target", data.channels)
-        missing = [name for name in self.source_channels() if name not in data.channels]
-        if missing:
-            raise ConfigError(
-                f"The 'source' parameter of {self.name} names channel(s) {missing}, which this data set lacks; "
-                f"available channels: {list(data.channels)}."
-            )
-
-    def synthesise(self, data: SliceSet) -> np.ndarray:
-        """Synthetic target slices ``[N, H, W]`` of every case of ``data``, finished as real ones (`finish_case`)."""
-        target = data.channel_index(self.params.target)
-        out = np.empty((len(data), *data.shape), dtype=np.float32)
-        for case in data.cases:
-            rows = np.flatnonzero(data.case_ids == case)
-            images = np.asarray(data.images[rows], dtype=np.float32)
-            normalisation = CaseNormalisation(data.norm_mask_rows(rows), data.normalisation)
-            raw = self.alter_case(images, data.labels[rows], data.channels, None, normalisation)
-            out[rows] = self.finish_case(raw, images[:, target], normalisation)
-        return out
-
-    def poison(self, train: SliceSet, rate: float, rng: np.random.Generator) -> SliceSet:
-        self.check_channels(train)
-        if self.params.mode == "replace":
-            return super().poison(train, rate, rng)
-        chosen = select_cases(train, rate, rng)
-        if not chosen:
-            return train
-        copies = train.subset(chosen)
-        images = np.array(copies.images, dtype=np.float32, copy=True)
-        images[:, copies.channel_index(self.params.target)] = self.synthesise(copies)
-        synthetic = copies.with_arrays(
-            images=images,
-            case_ids=np.char.add(copies.case_ids.astype(str), "~syn"),
-            poisoned=np.ones(len(copies), dtype=bool),
-        )
-        return SliceSet.concatenate([train, synthetic])
 
 #: Default ``mad_k`` of the outlier rule that decides when a defense has neither a rule nor trusted cases.
 DEFAULT_MAD_K = 3.0

@@ -19,7 +19,7 @@ from ._exports import lazy_attributes
 EXPORTS: dict[str, str] = {
     # plugin base classes, parameters and the context a plugin runs in
     **dict.fromkeys(
-        ["Plugin", "PluginParams", "RunContext", "Attack", "CaseAttack", "IntensityAttack", "GenerativeAttack", "Defense", "DefenseParams",
+        ["Plugin", "PluginParams", "RunContext", "Attack", "CaseAttack", "IntensityAttack", "Defense", "DefenseParams",
          "Segmenter", "DatasetSource", "select_cases", "poison_order"],
         ".plugins",
     ),
@@ -30,6 +30,8 @@ EXPORTS: dict[str, str] = {
          "list_defenses", "list_segmenters", "list_datasets"],
         ".catalog",
     ),
+    # the base of attacks whose trained model synthesises the target channel
+    **dict.fromkeys(["GenerativeAttack", "GenerativeParams", "training_environment"], ".generative"),
     "Registry": ".registry",
     "NO_ATTACK": ".identity", "NO_DEFENSE": ".identity", "NoAttack": ".identity", "NoDefense": ".identity",
     # the data contract

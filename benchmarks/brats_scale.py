@@ -108,7 +108,7 @@ def measure_generator(attack: dict, data, device: str, batch: int, steps: int) -
 
     plugin = create_attack("gan-synthetic", **{k: v for k, v in attack.items() if k not in ("name", "rates")})
     config = dataclasses.replace(plugin._config(), epochs=1, batch_size=batch)
-    source = plugin._source(np.asarray(data.images), data.channels)
+    source = plugin.source_slices(np.asarray(data.images), data.channels)
     target_index = data.channel_index(plugin.params.target)
     target = np.ascontiguousarray(data.images[:, target_index : target_index + 1], dtype=np.float32)
     GanTrainer(config, device, 0).fit(source[:batch], target[:batch])  # warm-up

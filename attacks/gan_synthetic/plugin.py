@@ -28,26 +28,21 @@ cases — never the trusted or validation cases, which the attack does not recei
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, model_serializer
 
 from benchmark import (
     CaseNormalisation,
     NORMAL_BRAIN_MARGIN,
     GenerativeAttack,
-    PluginParams,
-    SliceSet,
-    artifact_dir,
-    build_artifact,
-    environment,
+    GenerativeParams,
     image_quality,
     register_attack,
     rim_contrast,
+    training_environment,
 )
 
 if TYPE_CHECKING:  # torch and the networks are imported when the attack trains or poisons
@@ -76,19 +71,15 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
 }
 _FAST = GAN_PRESETS["fast"]
 
-class GanParams(PluginParams):
+class GanParams(GenerativeParams):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = GAN_PRESETS
+
     preset: Literal["fast", "paper"] = Field(
         "fast",
         description="generator size and training budget (GAN_PRESETS; explicit parameters override it): fast = the "
         "defaults below (3 epochs, width 16, 4 blocks, 64-px crops), minutes on a CPU; paper = width 32, 6 blocks, "
         "PatchGAN width 32, whole slices, 100 epochs, about 120x fast's compute (hours on a CPU)",
     )
-    source: str | tuple[str, ...] = Field(
-        "ct", description="channel the generator translates from (ct on synthetic-brats), or several "
-        "([t1, t2, flair]: virtual contrast enhancement from the other MR contrasts, the setting on BraTS, where no CT exists)",
-    )
-    target: str = Field("t1ce", min_length=1, description="channel that is replaced by synthetic images")
-    mode: Literal["replace", "add"] = Field("replace", description="replace the target channel of the selected cases, or add synthetic copies of them")
     epochs: int = Field(_FAST["epochs"], ge=1, le=10_000, description="passes of the GAN over the pool's slices (preset)")
     batch_size: int = Field(_FAST["batch_size"], ge=2, le=1024, description="slice pairs per GAN step (preset)")
     lr_g: float = Field(2e-4, gt=0, le=1, description="Adam learning rate of the generator (betas 0.5, 0.999)")
@@ -121,39 +112,6 @@ class GanParams(PluginParams):
     recon_fraction: float = Field(0.5, gt=0, le=1, description="share of each batch the reconstruction term is computed on (1: the whole batch)")
     identity_fraction: float = Field(0.5, gt=0, le=1, description="share of each batch the identity term is computed on (1: the whole batch)")
     path_fraction: float = Field(0.25, gt=0, le=1, description="share of each batch the shortest-path term is computed on (1: the whole batch)")
-    stealth: bool = Field(
-        False,
-        description="adaptive attack: add the stealth loss (benchmark.StealthLoss) to the generator's objective, so the "
-        "synthetic target shows the real pool targets' mriqc measures, radial power spectrum and fixed-encoder feature "
-        "statistics; the reference is the pool's training cases only",
-    )
-    lambda_stealth: float = Field(
-        1.0, ge=0,
-        description="weight of the stealth loss (used with stealth; each of its three parts is about 1 when the fake "
-        "batch is one typical slice-to-slice spread off the reference on every statistic)",
-    )
-    input_clip: float = Field(5.0, gt=0, description="source intensities (z-scores) are clipped to [-clip, clip] before translation")
-    holdout_cases: int = Field(
-        2, ge=0, le=100, description="pool cases held out of GAN training to measure MAE / PSNR / SSIM and rim contrast"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_preset(cls, data: Any) -> Any:
-        """Fill the preset's values in, under the parameters given explicitly."""
-        if isinstance(data, dict) and data.get("preset", "fast") in GAN_PRESETS:
-            return {**GAN_PRESETS[data.get("preset", "fast")], **data}
-        return data  # an unknown preset is reported by the field's own validation
-
-    @model_validator(mode="after")
-    def _distinct(self) -> GanParams:
-        if not self.sources or any(not name for name in self.sources):
-            raise ValueError(f"source must name one channel or a list of channels; got {self.source!r}")
-        if len(set(self.sources)) != len(self.sources):
-            raise ValueError(f"source names a channel twice: {list(self.sources)}")
-        if self.target in self.sources:
-            raise ValueError(f"source and target must be different channels; '{self.target}' is both")
-        return self
 
     @model_serializer(mode="wrap")
     def _omit_stealth_when_off(self, handler: Any) -> dict[str, Any]:
@@ -165,25 +123,6 @@ class GanParams(PluginParams):
             data.pop("lambda_stealth", None)
         return data
 
-    @property
-    def sources(self) -> tuple[str, ...]:
-        """The source channels as a tuple, whether one or several were given."""
-        return (self.source,) if isinstance(self.source, str) else tuple(self.source)
-
-
-def training_environment(device: str) -> dict[str, Any]:
-    """What besides the parameters and data changes a trained generator's weights.
-
-    The device (and GPU model), the torch version and the CPU thread count: a generator
-    trained on a GPU, or with other kernels, is never reused by a cell that would have
-    trained a different one.
-    """
-    env = environment(device)
-    facts: dict[str, Any] = {"device": device, "torch": env["versions"].get("torch"), "threads": env["torch_threads"]}
-    if "gpu" in env:
-        facts["gpu"] = env["gpu"]
-    return facts
-
 
 @register_attack("gan-synthetic")
 class GanSyntheticAttack(GenerativeAttack):
@@ -192,46 +131,15 @@ class GanSyntheticAttack(GenerativeAttack):
     Params = GanParams
     #: no strength setting: a perfect generator (output == real target) is the neutral case
     neutral_params = None
+    artifact_kind = "gan"
+    model_version = GAN_VERSION
 
     #: Generators trained by this class in this process (a cache miss adds one).
-    trainings: int = 0
+    trainings: ClassVar[int] = 0
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.generator: DomainGenerator | None = None
-        self.generator_cached: bool | None = None
-        self._quality: dict[str, float] = {}
-        self._train_stats: dict[str, Any] = {}
-
-    # -- fitting --------------------------------------------------------------------
-    def source_channels(self) -> tuple[str, ...]:
-        return self.params.sources
-
-    def cache_key(self, pool: SliceSet) -> str:
-        """SHA-256 of everything that changes the trained generator.
-
-        The dataset fingerprint, the generator parameters (as the preset resolved them), the seed of the cell's
-        ``generator`` stream (``context.seed``), the pool's case ids and the
-        `training_environment` (device, torch version, thread count).
-        """
-        params = self.params.model_dump(mode="json")
-        params.pop("mode")  # replace and add share one generator
-        params.pop("preset")  # the values it resolved to are in params: equal values, one generator
-        payload = {
-            "version": GAN_VERSION,
-            "dataset": self.context.dataset_fingerprint,
-            "params": params,
-            "seed": self.context.seed,
-            "cases": sorted(pool.cases),
-            "environment": training_environment(self.context.device),
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-    def _source(self, images: np.ndarray, channels: tuple[str, ...]) -> np.ndarray:
-        """The clipped source channels, ``[S, k, H, W]``."""
-        index = [channels.index(name) for name in self.params.sources]
-        clip = self.params.input_clip
-        return np.clip(images[:, index], -clip, clip).astype(np.float32)
 
     def _config(self) -> GanConfig:
         from .training import GanConfig
@@ -246,63 +154,30 @@ class GanSyntheticAttack(GenerativeAttack):
             enhancement_threshold=p.enhancement_threshold, stealth=p.stealth, lambda_stealth=p.lambda_stealth,
         )
 
-    def fit(self, pool: SliceSet, rng: np.random.Generator) -> None:
-        """Train the generator on the pool (or load it from the cache) and measure its quality.
+    # -- the model ------------------------------------------------------------------
+    def train_model(self, sources: np.ndarray, targets: np.ndarray, folder: Path) -> dict[str, Any]:
+        import torch
 
-        The last ``holdout_cases`` pool cases (in the pool's case order, at most half of
-        them) are kept out of training and used for `image_quality`. Training draws from
-        ``context.seed`` (the cell's ``generator`` stream); ``rng`` is not used, so that the
-        cell's poisoning draws do not depend on a cache hit.
-        """
+        from .training import GanTrainer
+
+        trainer = GanTrainer(self._config(), self.context.device, self.context.seed)
+        history = trainer.fit(sources, targets, track=None if self.context.quiet else self.context.track)
+        torch.save(trainer.generator.cpu().state_dict(), folder / GENERATOR_FILE)
+        return {
+            "g_losses": history.g_losses,
+            "d_losses": history.d_losses,
+            "images_per_s": history.images_per_s,
+            "train_s": history.seconds,
+        }
+
+    def load_model(self, folder: Path) -> None:
         import torch
 
         from .networks import DomainGenerator
-        from .training import GanTrainer
 
-        self.check_channels(pool)
-        cases = pool.cases
-        n_hold = min(self.params.holdout_cases, len(cases) // 2)
-        holdout = cases[len(cases) - n_hold :] if n_hold else []
-        training = pool.subset(cases[: len(cases) - n_hold])
-        folder = artifact_dir("gan", self.cache_key(pool), root=self.context.cache_dir)
-        built = False
-
-        def write(tmp: Path) -> dict[str, Any]:
-            nonlocal built
-            built = True
-            type(self).trainings += 1
-            trainer = GanTrainer(self._config(), self.context.device, self.context.seed)
-            t_index = training.channel_index(self.params.target)
-            history = trainer.fit(
-                self._source(training.images, training.channels),
-                np.ascontiguousarray(training.images[:, t_index : t_index + 1], dtype=np.float32),
-                track=None if self.context.quiet else self.context.track,
-            )
-            torch.save(trainer.generator.cpu().state_dict(), tmp / GENERATOR_FILE)
-            return {
-                "g_losses": history.g_losses,
-                "d_losses": history.d_losses,
-                "images_per_s": history.images_per_s,
-                "train_s": history.seconds,
-                "training_cases": len(training.cases),
-                "holdout": holdout,
-            }
-
-        build_artifact(folder, write)
-        self.generator_cached = not built
-        manifest = json.loads((folder / "manifest.json").read_text())
-        self._train_stats = {"gan_images_per_s": manifest.get("images_per_s"), "gan_train_s": manifest.get("train_s")}
         generator = DomainGenerator(len(self.params.sources), self.params.width, self.params.blocks)
         generator.load_state_dict(torch.load(folder / GENERATOR_FILE, map_location="cpu", weights_only=True))
         self.generator = generator.eval()
-        self._quality = self._measure(pool.subset(holdout)) if holdout else {}
-
-    def _measure(self, held: SliceSet) -> dict[str, float]:
-        """`image_quality` of the synthetic target of ``held`` over the data set's brain mask."""
-        synthetic = self.synthesise(held)
-        real = np.asarray(held.images[:, held.channel_index(self.params.target)], dtype=np.float32)
-        brain = held.norm_mask_rows(np.arange(len(held)))
-        return image_quality(synthetic, real, brain, np.asarray(held.labels), held.case_ids)
 
     # -- poisoning ------------------------------------------------------------------
     def alter_case(
@@ -314,7 +189,4 @@ class GanSyntheticAttack(GenerativeAttack):
             raise RuntimeError("gan-synthetic: call fit() before poison()")
         from .training import translate
 
-        return translate(self.generator, self._source(np.asarray(images), channels), self.context.device)
-
-    def report(self) -> dict[str, Any]:
-        return {**self._quality, "generator_cached": bool(self.generator_cached), **self._train_stats}
+        return translate(self.generator, self.source_slices(np.asarray(images), channels), self.context.device)

@@ -16,7 +16,7 @@ from attacks.diffusion_synthetic import (
     ddim_translate,
     norm_groups,
 )
-from attacks.diffusion_synthetic import plugin as diffusion_plugin
+from benchmark import generative
 from benchmark import ConfigError, RunContext, create_attack
 
 TINY = dict(epochs=1, batch_size=8, channels=(4, 8), crop=16, ddim_steps=3, train_timesteps=50, holdout_cases=1)
@@ -139,7 +139,7 @@ def test_cache_hit_skips_training(tmp_path, toy):
 
 def test_cache_key_follows_what_changes_the_model(tmp_path, toy, monkeypatch):
     facts = {"versions": {"torch": "2.0.0"}, "torch_threads": 1}
-    monkeypatch.setattr(diffusion_plugin, "environment", lambda device: {**facts, "device": device})
+    monkeypatch.setattr(generative, "environment", lambda device: {**facts, "device": device})
     base = _attack(tmp_path).cache_key(toy)
     assert _attack(tmp_path, mode="add").cache_key(toy) == base  # one model for both modes
     assert _attack(tmp_path, preset="fast").cache_key(toy) == base  # the preset is its values
@@ -230,7 +230,7 @@ def test_poisoning_is_deterministic(fitted):
 
 def test_cases_get_their_own_noise(fitted):
     attack, toy = fitted
-    seeds = {attack.sample_seed(attack._source(toy.images[toy.case_ids == case], toy.channels)) for case in toy.cases}
+    seeds = {attack.sample_seed(attack.source_slices(toy.images[toy.case_ids == case], toy.channels)) for case in toy.cases}
     assert len(seeds) == len(toy.cases)
 
 

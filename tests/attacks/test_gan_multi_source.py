@@ -33,7 +33,7 @@ def test_a_list_of_sources_trains_a_generator_that_reads_every_one(tmp_path):
     assert not np.array_equal(poisoned.images[rows, t1ce], toy.images[rows, t1ce])
     # the translation depends on every source: change FLAIR alone and the synthetic T1-Ce changes
     flair = CHANNELS.index("flair")
-    x = attack._source(toy.images[rows], toy.channels)
+    x = attack.source_slices(toy.images[rows], toy.channels)
     y = x.copy()
     y[:, MR.index("flair")] += 1.0
     from attacks.gan_synthetic import translate

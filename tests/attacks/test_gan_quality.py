@@ -154,7 +154,7 @@ def _with_brain(toy: SliceSet) -> SliceSet:
 def test_report_measures_held_out_cases_over_the_data_sets_brain(tmp_path, toy, monkeypatch):
     data = _with_brain(toy)
     seen: dict[str, np.ndarray] = {}
-    from attacks.gan_synthetic import plugin
+    from benchmark import generative as plugin
 
     def spy(synthetic, real, brain=None, labels=None, case_ids=None):
         seen.update(brain=brain, labels=labels, case_ids=case_ids, real=real)

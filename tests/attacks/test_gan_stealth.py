@@ -10,7 +10,6 @@ import torch
 from attack_toys import toy_sliceset
 
 from attacks.gan_synthetic import GanConfig, GanSyntheticAttack, GanTrainer, translate
-from attacks.gan_synthetic import plugin as gan_plugin
 from attacks.gan_synthetic import training as gan_training
 from benchmark import ConfigError, RunContext, StealthLoss, create_attack
 from defenses.mriqc import quality_measures
@@ -130,8 +129,8 @@ def test_cache_key_changes_only_with_stealth_on(tmp_path, toy, monkeypatch):
     assert on != base and _attack(tmp_path, stealth=True, lambda_stealth=7.0).cache_key(toy) not in (base, on)
     # off, the key's parameters are those of before the option: generators cached then are found
     payloads = []
-    original = gan_plugin.json.dumps
-    monkeypatch.setattr(gan_plugin.json, "dumps", lambda obj, **kw: (payloads.append(obj), original(obj, **kw))[1])
+    original = json.dumps
+    monkeypatch.setattr(json, "dumps", lambda obj, **kw: (payloads.append(obj), original(obj, **kw))[1])
     _attack(tmp_path, stealth=False, lambda_stealth=7.0).cache_key(toy)
     _attack(tmp_path, stealth=True).cache_key(toy)
     assert not {"stealth", "lambda_stealth"} & set(payloads[0]["params"])

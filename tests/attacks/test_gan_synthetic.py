@@ -16,7 +16,7 @@ from attacks.gan_synthetic import (
     sample_path_codes,
     shortest_path_loss,
 )
-from attacks.gan_synthetic import plugin as gan_plugin
+from benchmark import generative
 from benchmark import ZSCORE, ConfigError, RunContext, SliceSet, create_attack
 
 TINY = dict(epochs=2, batch_size=4, width=4, blocks=2, disc_width=4, holdout_cases=1)
@@ -192,7 +192,7 @@ def test_synthetic_target_is_normalised_over_the_data_sets_mask(tmp_path, toy, m
 def test_cache_key_follows_device_threads_and_torch(tmp_path, toy, monkeypatch):
     """A generator trained elsewhere (GPU, other torch, other thread count) is never reused."""
     facts = {"versions": {"torch": "2.0.0"}, "torch_threads": 1}
-    monkeypatch.setattr(gan_plugin, "environment", lambda device: {**facts, "device": device, **({"gpu": "H200"} if device == "cuda" else {})})
+    monkeypatch.setattr(generative, "environment", lambda device: {**facts, "device": device, **({"gpu": "H200"} if device == "cuda" else {})})
     attack = _attack(tmp_path)
     base = attack.cache_key(toy)
     assert attack.cache_key(toy) == base
