@@ -71,6 +71,7 @@ GAN_PRESETS: dict[str, dict[str, Any]] = {
 }
 _FAST = GAN_PRESETS["fast"]
 
+
 class GanParams(GenerativeParams):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = GAN_PRESETS
 
