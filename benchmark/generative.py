@@ -25,8 +25,8 @@ from .environment import environment
 from .errors import ConfigError
 from .normalisation import CaseNormalisation
 from .plugins import IntensityAttack, PluginParams, select_cases
-from .synthesis_quality import image_quality
 from .sliceset import SliceSet
+from .synthesis_quality import image_quality
 
 __all__ = ["GenerativeAttack", "GenerativeParams", "training_environment"]
 
@@ -68,8 +68,9 @@ class GenerativeParams(PluginParams):
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         """Fill the preset's values in, under the parameters given explicitly."""
-        if isinstance(data, dict) and data.get("preset", "fast") in cls.PRESETS:
-            return {**cls.PRESETS[data.get("preset", "fast")], **data}
+        preset = data.get("preset", cls.model_fields["preset"].default) if isinstance(data, dict) else None
+        if preset in cls.PRESETS:
+            return {**cls.PRESETS[preset], **data}
         return data  # an unknown preset is reported by the field's own validation
 
     @model_validator(mode="after")
@@ -115,10 +116,12 @@ class GenerativeAttack(IntensityAttack):
 
     Params: ClassVar[type[GenerativeParams]] = GenerativeParams
 
-    #: Name of the model's artifact folder kind, and the prefix of its training figures in `report`.
-    artifact_kind: ClassVar[str] = "generative"
-    #: Bump when training or architecture change in a way the parameters do not capture.
-    model_version: ClassVar[str] = "1"
+    #: Name of the model's artifact folder kind, and the prefix of its training figures in
+    #: `report`; every subclass sets its own, so two attacks never share a cached model.
+    artifact_kind: ClassVar[str | None] = None
+    #: Part of the model's key: bump when training or architecture change in a way the
+    #: parameters do not capture. Every subclass sets it.
+    model_version: ClassVar[str | None] = None
     #: Models trained by the class in this process (a cache miss adds one; each subclass counts its own).
     trainings: ClassVar[int] = 0
 
@@ -161,6 +164,8 @@ class GenerativeAttack(IntensityAttack):
         (``context.seed``), the pool's case ids and the `training_environment` (device,
         torch version, thread count).
         """
+        if not self.artifact_kind or not self.model_version:
+            raise TypeError(f"{type(self).__name__} must set artifact_kind and model_version (GenerativeAttack)")
         params = self.params.model_dump(mode="json")
         params.pop("mode")
         params.pop("preset")  # the values it resolved to are in params: equal values, one model

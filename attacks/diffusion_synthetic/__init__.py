@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .plugin import DIFFUSION_PRESETS, DiffusionParams, DiffusionSyntheticAttack, training_environment
+from .plugin import DIFFUSION_PRESETS, DiffusionParams, DiffusionSyntheticAttack
 
 #: names of the torch modules, imported on first use so that the parameters load without torch
 _LAZY = dict.fromkeys(
@@ -24,7 +24,6 @@ __all__ = [
     "build_unet",
     "ddim_translate",
     "norm_groups",
-    "training_environment",
 ]
 
 

@@ -40,7 +40,6 @@ from benchmark import (
     artifact_dir,
     build_artifact,
     register_attack,
-    training_environment,
 )
 
 if TYPE_CHECKING:  # torch and MONAI are imported when the attack trains or samples
@@ -48,7 +47,7 @@ if TYPE_CHECKING:  # torch and MONAI are imported when the attack trains or samp
 
     from .training import DiffusionConfig
 
-__all__ = ["DIFFUSION_PRESETS", "DiffusionParams", "DiffusionSyntheticAttack", "training_environment"]
+__all__ = ["DIFFUSION_PRESETS", "DiffusionParams", "DiffusionSyntheticAttack"]
 
 UNET_FILE = "unet.pt"
 SAMPLE_FILE = "sample.npy"

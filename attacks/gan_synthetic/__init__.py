@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .plugin import GanParams, GanSyntheticAttack, image_quality, training_environment
+from .plugin import GanParams, GanSyntheticAttack, image_quality
 
 #: names of the torch modules, imported on first use so that the parameters load without torch
 _LAZY = {
@@ -26,7 +26,6 @@ __all__ = [
     "lsgan_loss",
     "sample_path_codes",
     "shortest_path_loss",
-    "training_environment",
     "translate",
 ]
 

@@ -42,7 +42,6 @@ from benchmark import (
     image_quality,
     register_attack,
     rim_contrast,
-    training_environment,
 )
 
 if TYPE_CHECKING:  # torch and the networks are imported when the attack trains or poisons
@@ -51,7 +50,6 @@ if TYPE_CHECKING:  # torch and the networks are imported when the attack trains 
 
 __all__ = [
     "GAN_PRESETS", "GanSyntheticAttack", "GanParams", "NORMAL_BRAIN_MARGIN", "image_quality", "rim_contrast",
-    "training_environment",
 ]
 
 GENERATOR_FILE = "generator.pt"

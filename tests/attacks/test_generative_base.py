@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydantic import Field, ValidationError
 
-from benchmark import CaseNormalisation, GenerativeAttack, GenerativeParams, RunContext, SliceSet
+from benchmark import CaseNormalisation, ConfigError, GenerativeAttack, GenerativeParams, RunContext, SliceSet
 
 
 class LinearParams(GenerativeParams):
@@ -112,7 +112,7 @@ def test_replace_and_add_poison_with_the_models_output(tmp_path, toy):
         ({"source": ["t1", "t1"]}, "names a channel twice"),
         ({"source": "t1ce"}, "must be different channels"),
         ({"source": []}, "must name one channel"),
-        ({"preset": "huge"}, "preset"),
+        ({"preset": "huge"}, "'fast' or 'smooth'"),
     ],
 )
 def test_shared_parameters_are_checked_once_for_every_generative_attack(params, message):
@@ -122,5 +122,16 @@ def test_shared_parameters_are_checked_once_for_every_generative_attack(params, 
 
 def test_a_missing_source_channel_names_the_parameter_and_the_channels_there_are(tmp_path, toy):
     attack = _attack(tmp_path, source=["t1", "pet"])
-    with pytest.raises(Exception, match=r"'source' parameter .*\['pet'\].*available channels"):
+    with pytest.raises(ConfigError, match=r"'source' parameter .*\['pet'\].*available channels"):
         attack.fit(toy, np.random.default_rng(0))
+
+
+def test_a_subclass_that_does_not_name_its_model_is_refused_before_it_could_share_a_cached_one(tmp_path, toy):
+    class Unnamed(LinearAttack):
+        artifact_kind = None
+
+    attack = Unnamed(source="ct")
+    attack.bind(RunContext(cache_dir=tmp_path, dataset_fingerprint="toy"))
+    with pytest.raises(TypeError, match="Unnamed must set artifact_kind and model_version"):
+        attack.fit(toy, np.random.default_rng(0))
+    assert not any(tmp_path.iterdir())
