@@ -1,5 +1,8 @@
 """The CSV files a sweep leaves in its output folder, all rebuilt from the results database.
 
+Every table names a plugin as the summary does: its bare name when the study configures it
+once, with the parameters that tell its settings apart when it configures it more than once.
+
 - ``results.csv``: one row per cell × validation case: the five ratios, then ``hd95``
   (mm; empty for cells stored before it was measured or data without geometry), then
   ``lesion_dice`` and ``lesion_hd95`` (mm; empty, in addition, without the brats-eval
@@ -74,6 +77,21 @@ def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.Dat
     return pd.DataFrame(rows, columns=columns)
 
 
+def _with_setting_labels(table: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Name each row's plugins as the summary does, so two settings of one attack stay apart.
+
+    A plugin configured once in the study keeps its bare name; two settings of one attack
+    read as in ``summary.csv`` and ``defenses.csv``: the frontier's GAN without and with
+    ``stealth`` is ``gan-synthetic`` and ``gan-synthetic (lambda_stealth=1.0, stealth=true)``.
+    """
+    table = table.copy()
+    by_cell = cells.set_index("cell")
+    for kind in ("segmenter", "attack", "defense"):
+        if kind in table and not table.empty:
+            table[kind] = table["cell"].map(by_cell[kind]).fillna(table[kind])
+    return table
+
+
 def write_sweep_tables(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
     """Write ``results.csv``, ``attacks.csv``, ``detection.csv``, ``defenses.csv`` and ``summary.csv``.
 
@@ -85,11 +103,11 @@ def write_sweep_tables(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path)
     Returns:
         The written tables by name, plus ``detectable`` (the study's `DetectableDifference`).
     """
-    results = metrics[RESULTS_CSV_COLUMNS].astype({"rate": float})
-    finished = runs[runs["status"] == FINISHED]
-    attacks = _report_table(finished, "attack_report", ATTACKS_CSV_COLUMNS)
-    detection = _report_table(finished, "defense_report", DETECTION_CSV_COLUMNS)
     cells, cases = study_tables(runs, metrics)
+    finished = runs[runs["status"] == FINISHED]
+    results = _with_setting_labels(metrics[RESULTS_CSV_COLUMNS].astype({"rate": float}), cells)
+    attacks = _with_setting_labels(_report_table(finished, "attack_report", ATTACKS_CSV_COLUMNS), cells)
+    detection = _with_setting_labels(_report_table(finished, "defense_report", DETECTION_CSV_COLUMNS), cells)
     detectable = detectable_difference(cases)
     defenses = defense_effect(cells, cases, detectable)
     summary = summary_table(cells, cases)

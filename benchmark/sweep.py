@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 
@@ -72,7 +73,10 @@ def draw_dose_response(summary: pd.DataFrame, folder: Path) -> None:
 
 
 def draw_frontier(defenses: pd.DataFrame, folder: Path) -> Path | None:
-    """``frontier.png`` when the study has more than one attack setting scored by a defense.
+    """``frontier.png`` when more than one attack setting has both a damage and a defense's AUROC.
+
+    A point needs the setting's undefended cells at its rate and clean cells to measure the
+    damage; a detection-only study (no undefended cells) has none, and gets no empty figure.
 
     Args:
         defenses: the study's ``defenses.csv`` table.
@@ -84,6 +88,7 @@ def draw_frontier(defenses: pd.DataFrame, folder: Path) -> Path | None:
     from .frontier import frontier_rows, plot_frontier
 
     rows = frontier_rows(defenses)
+    rows = rows[np.isfinite(rows["damage"].astype(float))]
     if rows["attack"].nunique() < 2:
         return None
     try:

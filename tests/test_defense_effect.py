@@ -182,3 +182,19 @@ def test_a_failed_cell_does_not_change_the_labels(store):
     store.write(_record("spec2-5-0", 0.5, {"name": "spectral", "budget": 0.2}, 0, 0.0, status="failed"))
     frame = defense_effect_frame(store.runs(), store.case_metrics())
     assert set(frame["defense"]) == {"spectral (budget=0.5)"}
+
+
+def test_two_settings_of_one_attack_stay_apart_in_every_table(tmp_path):
+    stealthy = {**GAN, "stealth": True}
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        store.write(_record("plain", 0.5, {"name": "spectral"}, 0, 0.7, defense_report={"auroc": 1.0}, attack=GAN))
+        store.write(_record("stealthy", 0.5, {"name": "spectral"}, 0, 0.6, defense_report={"auroc": 0.6}, attack=stealthy))
+        write_sweep_tables(store.runs(), store.case_metrics(), tmp_path)
+    labels = {"plain": "gan-synthetic", "stealthy": "gan-synthetic (stealth=true)"}
+    for table in ("results", "detection"):
+        written = pd.read_csv(tmp_path / f"{table}.csv")
+        assert dict(zip(written["cell"], written["attack"])) == labels, table
+    detection = pd.read_csv(tmp_path / "detection.csv").set_index("attack")
+    assert detection.loc["gan-synthetic (stealth=true)", "auroc"] == pytest.approx(0.6)
+    summary_attacks = set(pd.read_csv(tmp_path / "summary.csv")["attack"])
+    assert summary_attacks == set(labels.values())

@@ -40,6 +40,14 @@ def test_the_figure_needs_two_settings(tmp_path):
     assert path == tmp_path / "frontier.png" and path.stat().st_size > 10_000
 
 
+def test_a_detection_only_study_gets_no_empty_figure(tmp_path):
+    table = _defenses(["gan-synthetic", "gan-synthetic(stealth=true)"])
+    table[["damage", "dice_without", "dice_clean"]] = float("nan")  # no undefended cells: no damage measured
+    assert len(frontier_rows(table)) == 2
+    assert draw_frontier(table, tmp_path) is None
+    assert not (tmp_path / "frontier.png").exists()
+
+
 def test_no_defense_scores_no_rows():
     table = _defenses(["blur", "noise"])
     table["auroc"] = None
