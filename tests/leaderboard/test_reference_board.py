@@ -269,6 +269,10 @@ def _check_in_browser(entries: list, result: BuildResult) -> None:
             def open_page(path: Path) -> None:
                 page.goto(path.as_uri())
                 page.wait_for_selector("html[data-sortable=ready]", timeout=10_000)
+                # figures load lazily, as a reader scrolls to them: ask for every one now and wait for each
+                page.locator("img").evaluate_all(
+                    "imgs => Promise.all(imgs.map(i => { i.loading = 'eager';"
+                    " return i.complete ? null : new Promise(done => { i.onload = done; i.onerror = done; }); }))")
                 broken = page.locator("img").evaluate_all(
                     "imgs => imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src'))")
                 assert not broken, f"{path.name}: figures that did not load: {broken}"
