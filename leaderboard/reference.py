@@ -40,6 +40,7 @@ REFERENCE_CONFIGS = (
     Path("configs/defenses-family.yaml"),
     Path("configs/paper-regime.yaml"),
     Path("configs/paper-regime-unet2d.yaml"),
+    Path("configs/paper-regime-stealth.yaml"),
     Path("configs/paper-unet3d.yaml"),
     Path("configs/paper-nnunet.yaml"),
 )

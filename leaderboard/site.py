@@ -14,6 +14,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,8 @@ def _figure(row: dict[str, Any], points: list[tuple[float, dict[str, Any]]], pat
     # the board lists a cell's seeds; the plotter counts them
     frame = pd.DataFrame([{**point, "seeds": len(point.get("seeds") or []), "attack": row["attack"], "rate": rate} for rate, point in points])
     title = f"{row['segmenter'].split(' (')[0]} | {row['attack']}"
-    benchmark.plot_dose_response(frame, row["attack"], path, title=title if len(title) <= 60 else title[:57] + "...")
+    # the title spans the three panels: room for an attack's distinguishing parameters (stealth=true)
+    benchmark.plot_dose_response(frame, row["attack"], path, title=textwrap.shorten(title, 140, placeholder="…"))
 
 
 _MD_ESCAPES = str.maketrans({**{c: f"&#{ord(c)};" for c in "<>&|"}, **{c: "\\" + c for c in "\\`*_{}[]()#+!~"}})
