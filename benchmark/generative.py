@@ -117,7 +117,8 @@ class GenerativeAttack(IntensityAttack):
     Params: ClassVar[type[GenerativeParams]] = GenerativeParams
 
     #: Name of the model's artifact folder kind, and the prefix of its training figures in
-    #: `report`; every subclass sets its own, so two attacks never share a cached model.
+    #: `report`. A class that trains or loads a model sets its own (refused otherwise), so
+    #: two models never share a cached artifact.
     artifact_kind: ClassVar[str | None] = None
     #: Part of the model's key: bump when training or architecture change in a way the
     #: parameters do not capture. Every subclass sets it.
@@ -164,7 +165,11 @@ class GenerativeAttack(IntensityAttack):
         (``context.seed``), the pool's case ids and the `training_environment` (device,
         torch version, thread count).
         """
-        if not self.artifact_kind or not self.model_version:
+        # the class whose model this is (the nearest that trains or loads one) must name it itself:
+        # one that inherited its parent's names would load the parent's cached model as its own
+        owner = next(c for c in type(self).__mro__ if "train_model" in vars(c) or "load_model" in vars(c))
+        names = ("artifact_kind", "model_version")
+        if not all(getattr(self, name) for name in names) or not all(name in vars(owner) for name in names):
             raise TypeError(f"{type(self).__name__} must set artifact_kind and model_version (GenerativeAttack)")
         params = self.params.model_dump(mode="json")
         params.pop("mode")

@@ -17,13 +17,14 @@ GAN = {"name": "gan-synthetic", "mode": "replace"}
 SEGMENTER = {"name": "unet", "epochs": 2}
 
 
-def _record(key, rate, defense, seed, dice, attack=GAN, defense_report=None, status="finished"):
+def _record(key, rate, defense, seed, dice, attack=GAN, defense_report=None, status="finished", attack_report=None):
     frame = pd.DataFrame({m: [dice] * len(CASES) for m in METRICS}, index=pd.Index(CASES, name="case"))
     for count in ("tp", "fp", "tn", "fn"):
         frame[count] = 1
     config = {"segmenter": SEGMENTER, "attack": attack, "rate": rate, "defense": defense, "seed": seed}
     return CellRecord(key, config, status, 0.0, 1.0, case_metrics=frame if status == "finished" else None,
-                      defense_report=defense_report or {}, error=None if status == "finished" else "boom")
+                      attack_report=attack_report or {}, defense_report=defense_report or {},
+                      error=None if status == "finished" else "boom")
 
 
 # seed -> (clean, poisoned) Dice without a defense; the defense gets back a known share.
@@ -187,11 +188,13 @@ def test_a_failed_cell_does_not_change_the_labels(store):
 def test_two_settings_of_one_attack_stay_apart_in_every_table(tmp_path):
     stealthy = {**GAN, "stealth": True}
     with ResultStore(tmp_path / "results.sqlite") as store:
-        store.write(_record("plain", 0.5, {"name": "spectral"}, 0, 0.7, defense_report={"auroc": 1.0}, attack=GAN))
-        store.write(_record("stealthy", 0.5, {"name": "spectral"}, 0, 0.6, defense_report={"auroc": 0.6}, attack=stealthy))
+        store.write(_record("plain", 0.5, {"name": "spectral"}, 0, 0.7, defense_report={"auroc": 1.0}, attack=GAN,
+                            attack_report={"ssim": 0.11}))
+        store.write(_record("stealthy", 0.5, {"name": "spectral"}, 0, 0.6, defense_report={"auroc": 0.6}, attack=stealthy,
+                            attack_report={"ssim": 0.08}))
         write_sweep_tables(store.runs(), store.case_metrics(), tmp_path)
     labels = {"plain": "gan-synthetic", "stealthy": "gan-synthetic (stealth=true)"}
-    for table in ("results", "detection"):
+    for table in ("results", "attacks", "detection"):
         written = pd.read_csv(tmp_path / f"{table}.csv")
         assert dict(zip(written["cell"], written["attack"])) == labels, table
     detection = pd.read_csv(tmp_path / "detection.csv").set_index("attack")

@@ -126,6 +126,26 @@ def test_a_missing_source_channel_names_the_parameter_and_the_channels_there_are
         attack.fit(toy, np.random.default_rng(0))
 
 
+class _UnnamedVersion(LinearAttack):
+    model_version = None
+
+
+class _InheritedNames(LinearAttack):
+    """Another model under its parent's names: it would load the parent's cached model."""
+
+    def train_model(self, sources, targets, folder):
+        return super().train_model(sources, targets, folder)
+
+
+@pytest.mark.parametrize("unnamed", [_UnnamedVersion, _InheritedNames])
+def test_a_subclass_that_does_not_name_its_own_model_is_refused(tmp_path, toy, unnamed):
+    attack = unnamed(source="ct")
+    attack.bind(RunContext(cache_dir=tmp_path, dataset_fingerprint="toy"))
+    with pytest.raises(TypeError, match=f"{unnamed.__name__} must set artifact_kind and model_version"):
+        attack.fit(toy, np.random.default_rng(0))
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_subclass_that_does_not_name_its_model_is_refused_before_it_could_share_a_cached_one(tmp_path, toy):
     class Unnamed(LinearAttack):
         artifact_kind = None
