@@ -31,7 +31,6 @@ import pandas as pd
 from .analysis import DEFENSE_EFFECT_COLUMNS, SUMMARY_COLUMNS, defense_effect, detectable_difference, study_tables, summary_table
 from .identity import NO_DEFENSE
 from .metrics import METRICS, OPTIONAL_METRICS
-from .store import FINISHED
 
 __all__ = [
     "RESULTS_CSV_COLUMNS", "ATTACKS_CSV_COLUMNS", "DETECTION_CSV_COLUMNS", "DEFENSE_EFFECT_COLUMNS", "SUMMARY_COLUMNS",
@@ -65,31 +64,30 @@ def _cell_value(value: Any) -> Any:
     return ";".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _report_table(runs: pd.DataFrame, report: str, columns: list[str]) -> pd.DataFrame:
+def _report_table(cells: pd.DataFrame, report: str, columns: list[str]) -> pd.DataFrame:
+    """One row per finished cell of `study_tables` (plugins named by their setting labels) with its report's values."""
     rows = []
-    for _, run in runs.iterrows():
-        values = run[report] or {}
-        if report == "defense_report" and run["defense"] == NO_DEFENSE:
+    for _, cell in cells.iterrows():
+        if report == "defense_report" and cell["defense"] == NO_DEFENSE:
             continue
-        row = {"cell": run["cell_key"], "attack": run["attack"], "rate": float(run["rate"]), "defense": run["defense"], "seed": run["seed"]}
-        row.update({c: _cell_value(values.get(c)) for c in columns if c not in row})
+        row = {"cell": cell["cell"], "attack": cell["attack"], "rate": cell["rate"], "defense": cell["defense"], "seed": cell["seed"]}
+        row.update({c: _cell_value(cell[report].get(c)) for c in columns if c not in row})
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
 
-def _with_setting_labels(table: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+def _with_setting_labels(results: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """Name each row's plugins as the summary does, so two settings of one attack stay apart.
 
     A plugin configured once in the study keeps its bare name; two settings of one attack
     read as in ``summary.csv`` and ``defenses.csv``: the frontier's GAN without and with
     ``stealth`` is ``gan-synthetic`` and ``gan-synthetic (lambda_stealth=1.0, stealth=true)``.
     """
-    table = table.copy()
+    results = results.copy()
     by_cell = cells.set_index("cell")
     for kind in ("segmenter", "attack", "defense"):
-        if kind in table and not table.empty:
-            table[kind] = table["cell"].map(by_cell[kind]).fillna(table[kind])
-    return table
+        results[kind] = results["cell"].map(by_cell[kind]).fillna(results[kind])
+    return results
 
 
 def write_sweep_tables(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
@@ -104,10 +102,9 @@ def write_sweep_tables(runs: pd.DataFrame, metrics: pd.DataFrame, out_dir: Path)
         The written tables by name, plus ``detectable`` (the study's `DetectableDifference`).
     """
     cells, cases = study_tables(runs, metrics)
-    finished = runs[runs["status"] == FINISHED]
     results = _with_setting_labels(metrics[RESULTS_CSV_COLUMNS].astype({"rate": float}), cells)
-    attacks = _with_setting_labels(_report_table(finished, "attack_report", ATTACKS_CSV_COLUMNS), cells)
-    detection = _with_setting_labels(_report_table(finished, "defense_report", DETECTION_CSV_COLUMNS), cells)
+    attacks = _report_table(cells, "attack_report", ATTACKS_CSV_COLUMNS)
+    detection = _report_table(cells, "defense_report", DETECTION_CSV_COLUMNS)
     detectable = detectable_difference(cases)
     defenses = defense_effect(cells, cases, detectable)
     summary = summary_table(cells, cases)
