@@ -93,3 +93,21 @@ def test_an_entry_without_defenses_says_so_instead_of_an_empty_table(bundle, hel
     [page] = (tmp_path / "site2" / "entries").glob("*.html")
     html = page.read_text(encoding="utf-8")
     assert 'id="defenses"' in html and "This entry runs no defense" not in html
+
+
+def test_a_dice_gain_reads_as_a_gain_not_a_double_minus():
+    from leaderboard.site import _environment
+
+    macros = _environment().get_template("macros.html.j2").module
+    row = {
+        "submitter": "lab", "entry": "lab-1", "status": "verified", "dataset": "d", "segmenter": "unet", "attack": "noise",
+        "clean_dice": 0.82, "max_drop": 0.066, "auc": 0.8, "rate_at_5pct": None, "figure": None,
+        "points": [
+            {"rate": 0.0, "dice": 0.82, "drop": None, "significant": False, "p_value": None},
+            {"rate": 0.5, "dice": 0.755, "drop": 0.066, "significant": False, "p_value": 0.04},
+            {"rate": 0.75, "dice": 0.847, "drop": -0.027, "significant": False, "p_value": 0.5},
+        ],
+    }
+    html = str(macros.attacks_table([row]))
+    assert "0.755 (−0.066)" in html and "0.847 (+0.027)" in html
+    assert "−-" not in html and "(-" not in html
