@@ -284,11 +284,14 @@ def _write_site(site: SiteWriter, entries: list[Entry], analysis: Analysis, gene
     """Write every file of the site through ``site``; returns the figures' relative paths."""
     figures: list[str] = []
     figure_index: dict[str, list[dict[str, str]]] = {}
-    for i, curve in enumerate(analysis.curves):
+    drawn_per_entry: dict[str, int] = {}
+    for curve in analysis.curves:
         row = curve["row"]
         if len(curve["points"]) < 1:
             continue
-        name = f"figures/{row['entry']}-{i:03d}.png"
+        # numbered within the entry, so adding or removing another entry renames no figure
+        drawn_per_entry[row["entry"]] = drawn_per_entry.get(row["entry"], 0) + 1
+        name = f"figures/{row['entry']}-{drawn_per_entry[row['entry']]:03d}.png"
         try:
             _figure(row, curve["points"], site.path(name))  # drawn in the default style, a '$' in a name as text
         except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn is left out, the page still builds

@@ -240,3 +240,19 @@ def test_reading_a_submission_takes_a_small_multiple_of_its_size(tmp_path):
     )
     grown = int(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
     assert grown < 6 * path.stat().st_size, grown
+
+
+def test_an_entry_keeps_its_figure_names_when_another_entry_joins(bundle, helpers, tmp_path):
+    first_file = helpers.dump(bundle, tmp_path / "a.json")
+    second_file = helpers.dump(other_results(bundle, helpers), tmp_path / "b.json")
+
+    def figure_names(files, name):
+        board = Board(tmp_path / f"board-{name}")
+        entries = [board.add(f) for f in files]
+        build_site(board, tmp_path / f"site-{name}", now="2025-01-01T00:00:00+00:00")
+        return {e.entry_id: sorted(p.name for p in (tmp_path / f"site-{name}" / "figures").glob(f"{e.entry_id}-*.png"))
+                for e in entries}
+
+    alone = {**figure_names([first_file], "first"), **figure_names([second_file], "second")}
+    together = figure_names([first_file, second_file], "both")
+    assert together == alone and all(together.values())
