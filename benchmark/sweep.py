@@ -18,6 +18,7 @@ from .errors import ConfigError, ExitCode
 from .executors import WorkerSpec, create_executor, plugin_modules
 from .locking import OutputLock
 from .outputs import write_sweep_tables
+from .paths import safe_file_name
 from .plugins import RunContext
 from .progress import make_progress, tracker
 from .identity import NO_ATTACK
@@ -59,7 +60,8 @@ def draw_dose_response(summary: pd.DataFrame, folder: Path) -> None:
 
     Args:
         summary: the study's `benchmark.analysis.summary_table`.
-        folder: where the PNGs go (``<attack>-dose-response.png``).
+        folder: where the PNGs go (``<attack>-dose-response.png``, the label made a safe file
+            name as the examples' are: a setting's label carries spaces, quotes and brackets).
     """
     from .figures import plot_dose_response
 
@@ -67,7 +69,7 @@ def draw_dose_response(summary: pd.DataFrame, folder: Path) -> None:
         if attack == NO_ATTACK or rows["rate"].nunique() < 2:
             continue
         try:
-            plot_dose_response(summary, str(attack), folder / f"{attack}-dose-response.png")
+            plot_dose_response(summary, str(attack), folder / f"{safe_file_name(str(attack))}-dose-response.png")
         except Exception as exc:  # a figure is a courtesy; it must not fail the sweep
             logger.warning("could not draw the dose-response of %s: %s", attack, exc)
 

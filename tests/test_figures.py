@@ -130,3 +130,15 @@ def test_added_copy_is_found_comparing_whole_cases_only_with_candidates(monkeypa
     assert figures.original_case("copy-3", clean, poisoned) == "c27"
     whole_case = slices * size * size
     assert sum(s >= whole_case for s in counting.sizes) == 2  # the masks and the source channel of c27 alone
+
+
+def test_a_settings_dose_response_file_is_named_like_its_examples(tmp_path):
+    from benchmark.paths import safe_file_name
+    from benchmark.sweep import draw_dose_response
+
+    summary = _summary()
+    label = 'gan-synthetic (epochs=6, source=["t1", "t2", "flair"])'
+    summary["attack"] = summary["attack"].str.replace("gan-synthetic", label, regex=False)
+    draw_dose_response(summary, tmp_path)
+    assert [p.name for p in tmp_path.glob("*.png")] == [f"{safe_file_name(label)}-dose-response.png"]
+    assert not any(c in p.name for p in tmp_path.glob("*.png") for c in ' "[]()')
