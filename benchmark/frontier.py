@@ -17,7 +17,7 @@ import pandas as pd
 
 from .figures import in_default_style
 
-__all__ = ["FRONTIER_COLUMNS", "frontier_rows", "plot_frontier"]
+__all__ = ["FRONTIER_COLUMNS", "frontier_figure", "frontier_rows", "plot_frontier"]
 
 FRONTIER_COLUMNS = ["segmenter", "attack", "rate", "seeds", "damage", "best_auroc", "best_defense", "dice_without", "dice_clean"]
 
@@ -60,11 +60,26 @@ def plot_frontier(rows: pd.DataFrame, path: Path, title: str | None = None) -> P
     """
     import matplotlib.pyplot as plt
 
+    fig = frontier_figure(rows, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def frontier_figure(rows: pd.DataFrame, title: str | None = None):
+    """The figure `plot_frontier` saves (matplotlib ``Figure``); the caller closes it.
+
+    Each point is labelled with the defense that reached its AUROC; the legend lists one
+    setting per line below the axes, so a long setting label is shown whole.
+    """
+    import matplotlib.pyplot as plt
+
     settings = list(dict.fromkeys(rows["attack"]))
     rates = sorted(rows["rate"].unique())
     markers = "osD^vP*Xh<>p"
     colours = plt.get_cmap("viridis")(np.linspace(0.1, 0.85, max(len(rates), 1)))
-    fig, ax = plt.subplots(figsize=(8.0, 5.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.0, 5.2 + 0.18 * (len(settings) + len(rates))), layout="constrained")
     for s, setting in enumerate(settings):
         for r, rate in enumerate(rates):
             point = rows[(rows["attack"] == setting) & (rows["rate"] == rate)]
@@ -72,18 +87,20 @@ def plot_frontier(rows: pd.DataFrame, path: Path, title: str | None = None) -> P
                 continue
             ax.scatter(point["damage"], point["best_auroc"], marker=markers[s % len(markers)], s=70, color=colours[r],
                        edgecolor="black", linewidth=0.5, zorder=3)
+            for _, p in point.iterrows():
+                # alternate below and above, so neighbouring settings' labels do not overlap
+                ax.annotate(str(p["best_defense"]), (p["damage"], p["best_auroc"]), xytext=(0, -13 if s % 2 == 0 else 8),
+                            textcoords="offset points", ha="center", fontsize=7, color="dimgrey")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     ax.axvline(0.0, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("Dice damage without a defense (clean − attacked, mean over seeds)")
     ax.set_ylabel("best defense AUROC on the poisoned cases")
-    ax.set_ylim(0.0, 1.05)
+    ax.set_ylim(0.0, 1.1)
+    ax.margins(x=0.1)
     seeds = int(rows["seeds"].min()) if len(rows) else 0
     ax.set_title(title or f"stealth–damage frontier ({seeds} seed{'s' if seeds != 1 else ''} per point; chance AUROC 0.5)")
     handles = [plt.Line2D([], [], marker=markers[s % len(markers)], linestyle="", color="grey", markeredgecolor="black",
                           label=setting) for s, setting in enumerate(settings)]
     handles += [plt.Line2D([], [], marker="o", linestyle="", color=colours[r], label=f"rate {rate:.3g}") for r, rate in enumerate(rates)]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.legend(handles=handles, loc="outside lower center", ncol=1, fontsize=8, frameon=False)
+    return fig

@@ -53,3 +53,27 @@ def test_no_defense_scores_no_rows():
     table["auroc"] = None
     assert frontier_rows(table).empty
     assert frontier_rows(pd.DataFrame()).empty
+
+
+def test_long_setting_labels_fit_inside_the_figure_and_each_point_names_its_defense():
+    import matplotlib.pyplot as plt
+
+    from benchmark.frontier import frontier_figure
+
+    long_labels = [
+        "gan-synthetic (enhancement_weight=0.0, epochs=3, source=ct)",
+        "gan-synthetic (enhancement_weight=5.0, epochs=6, lambda_stealth=1.0, source=ct, stealth=true)",
+        'gan-synthetic (enhancement_weight=5.0, epochs=6, source=["t1", "t2", "flair"])',
+    ]
+    fig = frontier_figure(frontier_rows(_defenses(long_labels)))
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        inside = fig.bbox
+        [legend] = fig.legends
+        box = legend.get_window_extent(renderer)
+        assert box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0
+        texts = [t.get_text() for t in fig.axes[0].texts]
+        assert sorted(texts) == sorted(frontier_rows(_defenses(long_labels))["best_defense"])
+    finally:
+        plt.close(fig)
