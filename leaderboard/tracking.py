@@ -169,7 +169,8 @@ def _draw_figures(summary: pd.DataFrame, folder: Path) -> dict[str, Path]:
     undefended = summary[summary["defense"] == benchmark.NO_DEFENSE]
     for attack, rows in undefended.groupby("attack"):
         if attack != benchmark.NO_ATTACK and rows["rate"].nunique() >= 2:
-            name = _UNSAFE_KEY.sub("_", str(attack)).replace(" ", "_").replace("/", "_")
+            # named as `bench run` names the figure (benchmark.sweep.draw_dose_response)
+            name = benchmark.safe_file_name(str(attack))
             figures[str(attack)] = benchmark.plot_dose_response(summary, str(attack), folder / f"{name}-dose-response.png")
     return figures
 
